@@ -1,0 +1,18 @@
+# The two set-up commands of the README: `make demo` (main job on the embedded default) and `make test`.
+export MUJOCO_GL ?= egl
+PY := .venv/bin/python
+
+.PHONY: setup demo test lint
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/sim-record task=spatial episodes=2 output_dir=outputs/demo/data
+	.venv/bin/sim-eval policy=expert task=all episodes=5 output_dir=outputs/demo/eval
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+test: setup lint
+	$(PY) -m pytest tests

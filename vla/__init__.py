@@ -1,0 +1,1 @@
+"""Vision-language-action policy on a (spatially tuned) VLM backbone, as a LeRobot policy."""
