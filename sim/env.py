@@ -1,0 +1,249 @@
+"""The gymnasium environment every part of the project talks to (recording, evaluation, lerobot-eval).
+
+Contract (what `lerobot-eval` expects): observation `{"pixels": {"agentview", "wrist"}: HxWx3 uint8, upright,
+"agent_pos": float32 (8,) = eef position (3), eef axis-angle (3), finger positions (2)}`, a 7-D Box action
+(OSC_POSE deltas dx dy dz droll dpitch dyaw in [-1, 1] and the gripper, -1 open / +1 closed, as in LIBERO),
+`info["is_success"]`, `task_description`, `render()`. Episodes end (`terminated`) on success; `truncated` at the
+task's step budget. `reset(seed=s)` reproduces the same initial state on any machine.
+"""
+
+import logging
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from sim.render import CameraRenderer, simplify_robot_visuals
+from sim.tasks import PlainTask, SpatialTask, get_task
+
+log = logging.getLogger(__name__)
+
+CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}
+STATE_DIM = 8
+ACTION_DIM = 7
+CONTROL_FREQ = 20
+MAX_QVEL = 50.0  # rad/s or m/s: beyond this the simulation has blown up
+
+
+class UnstableSimulation(RuntimeError):
+    pass
+
+
+def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
+    """robosuite's eef quaternion (x, y, z, w) to an axis-angle vector (the LIBERO state convention)."""
+    x, y, z, w = quat_xyzw
+    w = float(np.clip(w, -1.0, 1.0))
+    if w < 0:
+        x, y, z, w = -x, -y, -z, -w
+    s = np.sqrt(max(1.0 - w * w, 0.0))
+    if s < 1e-8:
+        return np.zeros(3)
+    return np.array([x, y, z]) / s * 2.0 * np.arccos(w)
+
+
+def _robosuite_kwargs(max_steps: int) -> dict:
+    import robosuite
+
+    return dict(
+        controller_configs=robosuite.load_composite_controller_config(controller="BASIC", robot="Panda"),
+        has_renderer=False,
+        has_offscreen_renderer=False,
+        use_camera_obs=False,
+        control_freq=CONTROL_FREQ,
+        horizon=max_steps + 1,  # the wrapper truncates; robosuite must never refuse a step first
+        ignore_done=True,
+        hard_reset=False,  # keep one compiled model: a reset only rewrites the state
+        initialization_noise={"magnitude": 0.02, "type": "gaussian"},
+    )
+
+
+class SimEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_FREQ}
+
+    def __init__(
+        self,
+        task: str,
+        image_size: int = 128,
+        render_size: int | None = None,
+        expert: bool = False,
+        expert_noise: float = 0.0,
+        max_steps: int | None = None,
+        render_mode: str = "rgb_array",
+    ):
+        self.spec: SpatialTask | PlainTask = get_task(task)
+        self.task = task  # lerobot-eval reads `task` and `task_description` from every sub-env
+        self.task_description = self.spec.instruction
+        self.max_steps = max_steps or self.spec.max_steps
+        self._max_episode_steps = self.max_steps
+        self.image_size = image_size
+        self.render_size = render_size or image_size
+        self.render_mode = render_mode
+        self._rs = self._make_robosuite_env()
+        self._model: mujoco.MjModel = self._rs.sim.model._model
+        self._data: mujoco.MjData = self._rs.sim.data._data
+        simplify_robot_visuals(self._model)
+        self._renderer = CameraRenderer(self._model, image_size, image_size)
+        self._video_renderer = (
+            self._renderer
+            if self.render_size == image_size
+            else CameraRenderer(self._model, self.render_size, self.render_size)
+        )
+        self.with_expert = expert
+        self._expert = None
+        if expert:
+            from sim.experts import make_expert
+
+            self._expert = make_expert(self._rs, self.spec, noise=expert_noise)
+
+        image = spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8)
+        obs_spaces = {
+            "pixels": spaces.Dict({k: image for k in CAMERAS}),
+            "agent_pos": spaces.Box(-np.inf, np.inf, (STATE_DIM,), dtype=np.float32),
+        }
+        if expert:
+            obs_spaces["expert_action"] = spaces.Box(-1.0, 1.0, (ACTION_DIM,), dtype=np.float32)
+        self.observation_space = spaces.Dict(obs_spaces)
+        self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), dtype=np.float32)
+        self._steps = 0
+        self._last_frames: dict[str, np.ndarray] | None = None
+        self.seed_used: int | None = None
+
+    def _make_robosuite_env(self):
+        from sim.robosuite_envs import LiftTask, SpatialTabletop, StackTask
+
+        kwargs = _robosuite_kwargs(self.max_steps)
+        if isinstance(self.spec, SpatialTask):
+            return SpatialTabletop(self.spec, **kwargs)
+        cls = {"Lift": LiftTask, "Stack": StackTask}[self.spec.robosuite_env]
+        return cls(robots="Panda", **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is None:
+            seed = int(self.np_random.integers(0, 2**31 - 1))
+        self.seed_used = seed
+        # Two independent streams: the object layout, and robosuite's own (robot joint noise, Lift/Stack cubes).
+        # robosuite's samplers hold a reference to env.rng, so it is reseeded in place.
+        self._rs.rng.bit_generator.state = np.random.default_rng([seed, 1]).bit_generator.state
+        if isinstance(self.spec, SpatialTask):
+            self._rs.layout = self.spec.sample_layout(np.random.default_rng([seed, 0]))
+        obs = self._rs.reset()
+        self._steps = 0
+        self._initial_obj = self._object_heights()
+        self._lifted: set[str] = set()
+        self._unstable = False
+        if self._expert is not None:
+            self._expert.reset(np.random.default_rng([seed, 2]))
+        return self._observation(obs), self._info(success=False)
+
+    def step(self, action):
+        action = self._check_action(action)
+        if self._unstable:
+            raise RuntimeError("step() after the episode ended as unstable; call reset()")
+        self._steps += 1
+        try:
+            obs, _, _, _ = self._rs.step(action)
+            self._check_stable()
+        except UnstableSimulation as e:
+            log.warning("task %s seed %s: %s", self.task, self.seed_used, e)
+            self._unstable = True
+            info = self._info(success=False)
+            info["failure_reason"] = f"unstable: {e}"
+            return self._blank_observation(), 0.0, True, False, info
+        self._track_lifts()
+        success = bool(self._rs._check_success())
+        terminated = success
+        truncated = not success and self._steps >= self.max_steps
+        info = self._info(success)
+        if truncated:
+            info["failure_reason"] = self.failure_reason()
+        return self._observation(obs), float(success), terminated, truncated, info
+
+    def render(self):
+        if self._video_renderer is self._renderer and self._last_frames is not None:
+            return self._last_frames["agentview"]
+        return self._video_renderer.render(self._data, CAMERAS["agentview"])
+
+    def close(self):
+        self._renderer.close()
+        if self._video_renderer is not self._renderer:
+            self._video_renderer.close()
+
+    # -------------------------------------------------------------------------------------------- internals
+    def _check_action(self, action) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (ACTION_DIM,):
+            raise ValueError(
+                f"action must have shape ({ACTION_DIM},) = (dx, dy, dz, droll, dpitch, dyaw, gripper), got {a.shape}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action contains NaN or inf: {a.tolist()}")
+        return np.clip(a, -1.0, 1.0)
+
+    def _check_stable(self) -> None:
+        d = self._data
+        if not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
+            raise UnstableSimulation("non-finite state")
+        if np.abs(d.qvel).max() > MAX_QVEL:
+            raise UnstableSimulation(f"velocity {np.abs(d.qvel).max():.1f} beyond {MAX_QVEL}")
+        if d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0:
+            raise UnstableSimulation("MuJoCo reported bad accelerations (simulation reset internally)")
+
+    def _state(self, obs: dict) -> np.ndarray:
+        return np.concatenate(
+            [obs["robot0_eef_pos"], quat_to_axis_angle(obs["robot0_eef_quat"]), obs["robot0_gripper_qpos"]]
+        ).astype(np.float32)
+
+    def _observation(self, obs: dict) -> dict:
+        frames = {k: self._renderer.render(self._data, cam) for k, cam in CAMERAS.items()}
+        self._last_frames = frames
+        out = {"pixels": frames, "agent_pos": self._state(obs)}
+        if self._expert is not None:
+            out["expert_action"] = self._expert.act().astype(np.float32)
+        return out
+
+    def _blank_observation(self) -> dict:
+        blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        out = {"pixels": {k: blank for k in CAMERAS}, "agent_pos": np.zeros(STATE_DIM, np.float32)}
+        if self._expert is not None:
+            out["expert_action"] = np.zeros(ACTION_DIM, np.float32)
+        return out
+
+    def _info(self, success: bool) -> dict:
+        return {"is_success": success, "task": self.task, "seed": self.seed_used, "steps": self._steps}
+
+    def _object_bodies(self) -> dict[str, int]:
+        rs = self._rs
+        if isinstance(self.spec, SpatialTask):
+            return rs.body_ids
+        names = {"Lift": ["cube"], "Stack": ["cubeA", "cubeB"]}[self.spec.robosuite_env]
+        return {n: rs.sim.model.body_name2id(getattr(rs, n).root_body) for n in names}
+
+    def _object_heights(self) -> dict[str, float]:
+        return {n: float(self._data.xpos[b][2]) for n, b in self._object_bodies().items()}
+
+    def _track_lifts(self) -> None:
+        for n, z in self._object_heights().items():
+            if z > self._initial_obj[n] + 0.03:
+                self._lifted.add(n)
+
+    def failure_reason(self) -> str:
+        """Why an episode that ran out of steps failed, in words a researcher can aggregate."""
+        if not isinstance(self.spec, SpatialTask):
+            target = "cube" if self.spec.robosuite_env == "Lift" else "cubeA"
+            return "target_not_lifted" if target not in self._lifted else "timeout"
+        rs, t = self._rs, self.spec
+        wrong = [n for n in self._lifted if n != t.target]
+        if wrong:
+            return f"moved_wrong_object:{','.join(sorted(wrong))}"
+        for other in rs.objects:
+            receptacle = other not in (t.target, t.destination) and t.object(other).kind in ("plate", "bowl")
+            if receptacle and rs.on_top_of(t.target, other):
+                return f"placed_on_wrong_object:{other}"
+        if t.target not in self._lifted:
+            return "target_not_lifted"
+        if rs.is_grasping(t.target):
+            return "holding_target_at_timeout"
+        return "target_not_placed"

@@ -1,0 +1,183 @@
+"""Scripted experts: closed-loop pick-and-place from privileged state (true object poses).
+
+A phase machine over waypoints, each tracked with a proportional controller in the OSC_POSE delta action space.
+Being closed-loop, it recovers from the noise that `noise > 0` injects into its own actions (so recorded demos
+contain recoveries) and re-tries a grasp that slipped.
+"""
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from sim.objects import HALF_SIZES
+from sim.tasks import TABLE_TOP, PlainTask, SpatialTask
+
+POS_SCALE = 0.05  # metres per unit action (robosuite OSC_POSE output_max)
+ROT_SCALE = 0.5  # radians per unit action
+HOVER = 0.10  # above the object's top before descending
+CARRY_Z = TABLE_TOP + 0.17
+OPEN, CLOSED = -1.0, 1.0
+
+# Gripper pointing down, fingers opening along world y: the orientation robosuite's Panda starts in.
+DOWN = Rotation.from_matrix([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+
+
+class PickPlaceExpert:
+    """Picks body `pick` and puts it on body `place` (or just lifts it when `place` is None)."""
+
+    def __init__(
+        self, rs_env, pick: str, pick_half: np.ndarray, place: str | None, place_top: float, noise: float
+    ):
+        self.rs = rs_env
+        self.pick_id = rs_env.sim.model.body_name2id(pick)
+        self.pick_half = np.asarray(pick_half)
+        self.place_id = None if place is None else rs_env.sim.model.body_name2id(place)
+        self.place_top = place_top  # height of the support's top above its body centre
+        self.noise = noise
+        self.site = rs_env.robots[0].eef_site_id["right"]
+        self.reset(np.random.default_rng(0))
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.phase = "approach"
+        self.timer = 0
+        self.grasp_yaw = 0.0
+
+    # ------------------------------------------------------------------------------------------ geometry
+    def _eef(self) -> tuple[np.ndarray, Rotation]:
+        d = self.rs.sim.data
+        return np.array(d.site_xpos[self.site]), Rotation.from_matrix(
+            np.array(d.site_xmat[self.site]).reshape(3, 3)
+        )
+
+    def _body(self, body_id: int) -> tuple[np.ndarray, float]:
+        d = self.rs.sim.data
+        w, x, y, z = d.body_xquat[body_id]
+        yaw = Rotation.from_quat([x, y, z, w]).as_euler("xyz")[2]
+        return np.array(d.body_xpos[body_id]), float(yaw)
+
+    def _grasp_yaw(self, obj_yaw: float, eef_rot: Rotation) -> float:
+        """The object's yaw modulo its 90-degree symmetry, chosen nearest to the gripper's current yaw."""
+        current = (eef_rot * DOWN.inv()).as_euler("xyz")[2]
+        candidates = obj_yaw + np.arange(-2, 3) * np.pi / 2
+        return float(candidates[np.argmin(np.abs(np.angle(np.exp(1j * (candidates - current)))))])
+
+    def _toward(self, goal_pos: np.ndarray, goal_yaw: float, grip: float, gain: float = 1.0) -> np.ndarray:
+        pos, rot = self._eef()
+        goal_rot = Rotation.from_euler("z", goal_yaw) * DOWN
+        rot_err = (goal_rot * rot.inv()).as_rotvec()
+        a = np.zeros(7)
+        a[:3] = np.clip(gain * (goal_pos - pos) / POS_SCALE, -1, 1)
+        a[3:6] = np.clip(rot_err / ROT_SCALE, -1, 1)
+        a[6] = grip
+        return a
+
+    def _holding(self) -> bool:
+        pos, _ = self._body(self.pick_id)
+        eef, _ = self._eef()
+        fingers = self.rs.sim.data.qpos[self.rs.robots[0]._ref_gripper_joint_pos_indexes["right"]]
+        closed_on_object = (
+            abs(fingers[0] - fingers[1]) > 0.01
+        )  # fingers stopped by the object, not fully shut
+        return bool(np.linalg.norm(pos - eef) < 0.04 and closed_on_object)
+
+    # ------------------------------------------------------------------------------------------- policy
+    def act(self) -> np.ndarray:
+        action = self._phase_action()
+        if self.noise > 0:
+            action[:6] += self.rng.normal(0.0, self.noise, 6)
+        return np.clip(action, -1.0, 1.0)
+
+    def _phase_action(self) -> np.ndarray:
+        obj, obj_yaw = self._body(self.pick_id)
+        eef, eef_rot = self._eef()
+        self.timer += 1
+        top = obj[2] + self.pick_half[2]
+
+        if self.phase == "approach":
+            self.grasp_yaw = self._grasp_yaw(obj_yaw, eef_rot)
+            goal = np.array([obj[0], obj[1], top + HOVER])
+            yaw_err = abs((Rotation.from_euler("z", self.grasp_yaw) * DOWN * eef_rot.inv()).magnitude())
+            if np.linalg.norm(goal - eef) < 0.02 and yaw_err < 0.08:
+                self._go("descend")
+            return self._toward(goal, self.grasp_yaw, OPEN, gain=1.5)
+
+        if self.phase == "descend":
+            goal = np.array([obj[0], obj[1], obj[2] - 0.005])
+            if abs(eef[2] - goal[2]) < 0.008 or self.timer > 40:
+                self._go("grasp")
+            if np.linalg.norm(goal[:2] - eef[:2]) > 0.03:  # drifted off (noise, a nudge): hover again
+                self._go("approach")
+            return self._toward(goal, self.grasp_yaw, OPEN)
+
+        if self.phase == "grasp":
+            if self.timer > 8:
+                self._go("lift")
+            return self._toward(eef, self.grasp_yaw, CLOSED, gain=0.0)
+
+        if self.phase == "lift":
+            goal = np.array([eef[0], eef[1], CARRY_Z])
+            if not self._holding() and self.timer > 4:
+                self._go("approach")  # the grasp slipped: open and re-try
+                return self._toward(eef + [0, 0, 0.05], self.grasp_yaw, OPEN)
+            if eef[2] > CARRY_Z - 0.02:
+                self._go("carry" if self.place_id is not None else "hold")
+            return self._toward(goal, self.grasp_yaw, CLOSED)
+
+        if self.phase == "hold":
+            return self._toward(np.array([eef[0], eef[1], CARRY_Z]), self.grasp_yaw, CLOSED)
+
+        dest, _ = self._body(self.place_id)
+        release_z = dest[2] + self.place_top + self.pick_half[2] + 0.012
+        if not self._holding() and self.phase in ("carry", "lower"):
+            self._go("approach")
+            return self._toward(eef + [0, 0, 0.05], self.grasp_yaw, OPEN)
+
+        if self.phase == "carry":
+            goal = np.array([dest[0], dest[1], CARRY_Z])
+            if np.linalg.norm(goal[:2] - eef[:2]) < 0.012:
+                self._go("lower")
+            return self._toward(goal, self.grasp_yaw, CLOSED, gain=1.5)
+
+        if self.phase == "lower":
+            goal = np.array([dest[0], dest[1], release_z])
+            if eef[2] < release_z + 0.006 or self.timer > 40:
+                self._go("release")
+            return self._toward(goal, self.grasp_yaw, CLOSED)
+
+        if self.phase == "release":
+            if self.timer > 6:
+                self._go("retreat")
+            return self._toward(eef, self.grasp_yaw, OPEN, gain=0.0)
+
+        # retreat: straight up, gripper open, then hold still
+        return self._toward(np.array([eef[0], eef[1], CARRY_Z]), self.grasp_yaw, OPEN)
+
+    def _go(self, phase: str) -> None:
+        self.phase, self.timer = phase, 0
+
+
+def make_expert(rs_env, task: SpatialTask | PlainTask, noise: float = 0.0) -> PickPlaceExpert:
+    if isinstance(task, SpatialTask):
+        pick = rs_env.objects[task.target].root_body
+        place = rs_env.objects[task.destination].root_body
+        return PickPlaceExpert(
+            rs_env,
+            pick,
+            np.array(HALF_SIZES[task.object(task.target).kind]),
+            place,
+            HALF_SIZES[task.object(task.destination).kind][2],
+            noise,
+        )
+    if task.robosuite_env == "Lift":
+        half = np.array(rs_env.cube.size)
+        return PickPlaceExpert(rs_env, rs_env.cube.root_body, half, None, 0.0, noise)
+    if task.robosuite_env == "Stack":
+        return PickPlaceExpert(
+            rs_env,
+            rs_env.cubeA.root_body,
+            np.array(rs_env.cubeA.size),
+            rs_env.cubeB.root_body,
+            rs_env.cubeB.size[2],
+            noise,
+        )
+    raise ValueError(f"no expert for task {task.name!r}")
