@@ -10,13 +10,15 @@ import math
 import os
 from dataclasses import dataclass
 
-import mujoco
-import numpy as np
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless: must be set before mujoco is imported
 
-from sim.palette import FLOOR_RGBA
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
 
-from .geometry import MUJOCO_FROM_OPENCV
-from .scene import MUG_HANDLE, Camera, Entity, Scene
+from sim.palette import FLOOR_RGBA  # noqa: E402
+
+from .geometry import MUJOCO_FROM_OPENCV  # noqa: E402
+from .scene import MUG_HANDLE, Camera, Entity, Scene  # noqa: E402
 
 OBJECT_PARTS = 3  # geoms per object slot
 FURNITURE_PARTS = 6  # geoms per furniture slot
@@ -176,7 +178,6 @@ class SceneRenderer:
     """One GL context and one model per process; call `render(scene, cameras)` as often as needed."""
 
     def __init__(self, n_objects: int = 16, n_furniture: int = 7):
-        os.environ.setdefault("MUJOCO_GL", "egl")
         self.n_objects, self.n_furniture = n_objects, n_furniture
         self.model = mujoco.MjModel.from_xml_string(_model_xml(n_objects, n_furniture))
         self.data = mujoco.MjData(self.model)
