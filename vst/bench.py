@@ -1,7 +1,449 @@
-"""`vst-bench`: placeholder until issue #3 lands; the console script name is stable from now on."""
+"""`vst-bench`: score any image-text-to-text checkpoint on the spatial benchmark and the general split.
 
+    vst-bench model=PATH_OR_HUB_ID_OR_PRESET data=PATH_OR_DIR_OR_GLOB output_dir=DIR [batch_size=8 max_new_tokens=512 limit=N]
+
+The model and processor load through `AutoModelForImageTextToText` / `AutoProcessor`, so a real Qwen2.5-VL-3B and a
+local tiny model take the same path. Prompts come from the processor's chat template (images as image items where the
+row's `<image>` placeholders stood); generation is greedy, batched with left padding and uses the KV cache. Rows are
+scored by `vst.scoring.score_answer` (MRA for numbers) and appended to `predictions.jsonl` as they finish, so an
+interrupted run resumes by re-running with the same `output_dir`. Written there:
+`predictions.jsonl` (one line per row), `results.json` / `results.md` (per-skill scores, the overall mean over
+skills and per-family means, in percent, for each split) and `results.png` (bar chart).
+"""
+
+import glob
+import io
+import json
+import logging
+import os
+import re
 import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import pyarrow.parquet as pq
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from vst.backbone import resolve_backbone
+from vst.scoring import parse_meta, score_answer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("spatial", "general")
+FAMILIES = ("single_image", "multi_image", "video", "general")
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+@dataclass
+class BenchConfig:
+    model: str
+    output_dir: str
+    data: str | None = None
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    batch_size: int = 8
+    max_new_tokens: int = 512
+    limit: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    system_prompt: str | None = None
+
+    def __post_init__(self):
+        if unknown := set(self.splits) - set(SPLITS):
+            raise ValueError(f"unknown splits {sorted(unknown)}; choose from {list(SPLITS)}")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or (self.limit is not None and self.limit < 1):
+            raise ValueError("batch_size, max_new_tokens and limit must be positive")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------------------- rows
+
+
+@dataclass
+class BenchRow:
+    id: str
+    split: str  # "spatial" or "general"
+    skill: str
+    family: str
+    meta_info: str
+    conversations: list[dict]
+    images: list[bytes]
+
+
+def read_rows(data: str) -> Iterator[dict]:
+    """Rows of the VST schema from a Parquet file, a directory of them (recursive) or a glob, in sorted file order."""
+    path = Path(data)
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*.parquet"))
+    elif path.is_file():
+        files = [str(path)]
+    else:
+        files = sorted(glob.glob(data, recursive=True))
+    if not files:
+        raise FileNotFoundError(f"no Parquet files at {data!r}")
+    for file in files:
+        try:
+            parquet = pq.ParquetFile(file)
+            missing = {"id", "conversations", "images", "meta_info"} - set(parquet.schema_arrow.names)
+            if missing:
+                raise ValueError(f"missing columns {sorted(missing)}")
+            for batch in parquet.iter_batches(batch_size=256):
+                yield from batch.to_pylist()
+        except (
+            OSError,
+            ValueError,
+        ) as e:  # pyarrow's corrupt-file errors are OSError / ArrowInvalid(ValueError)
+            raise ValueError(f"{file}: not a readable VST Parquet shard: {e}") from e
+
+
+def bench_data_from_engine(cache_dir: Path) -> Path:
+    """Hook for `data=null`: the data engine writes the held-out bench split (bench + bench_general rows) there."""
+    try:
+        from vst.data.bench import write_bench_split
+    except ImportError as e:
+        raise RuntimeError(
+            "data=null needs the data engine's vst.data.bench.write_bench_split(output_dir) -> Path; "
+            "until it exists pass data=PATH_TO_BENCH_PARQUET"
+        ) from e
+    return write_bench_split(cache_dir)
+
+
+def select_rows(rows: Iterator[dict], splits: list[str], limit: int | None) -> list[BenchRow]:
+    """The rows of the wanted splits, at most `limit` per (split, skill), with their meta_info checked up front."""
+    selected, per_skill, seen = [], defaultdict(int), set()
+    for raw in rows:
+        row_id = str(raw.get("id"))
+        try:
+            meta = parse_meta(raw["meta_info"])
+        except ValueError as e:
+            raise ValueError(f"row {row_id}: {e}") from e
+        family = str(meta.get("family", ""))
+        split = "general" if family == "general" or meta.get("split") == "bench_general" else "spatial"
+        skill = str(meta.get("skill") or "unknown")
+        if split not in splits or (limit is not None and per_skill[split, skill] >= limit):
+            continue
+        if row_id in seen:
+            raise ValueError(f"duplicate row id {row_id!r}: results are keyed by id")
+        seen.add(row_id)
+        per_skill[split, skill] += 1
+        meta_info = raw["meta_info"] if isinstance(raw["meta_info"], str) else json.dumps(raw["meta_info"])
+        images = [img["bytes"] if isinstance(img, dict) else img for img in raw.get("images") or []]
+        selected.append(BenchRow(row_id, split, skill, family, meta_info, list(raw["conversations"]), images))
+    return selected
+
+
+def build_messages(row: BenchRow, system_prompt: str | None = None) -> list[dict]:
+    """Chat messages for the prompt: every turn but the final answer, images in place of their placeholders."""
+    turns = (
+        row.conversations[:-1]
+        if row.conversations and row.conversations[-1].get("from") == "gpt"
+        else row.conversations
+    )
+    n_placeholders = sum(str(t.get("value", "")).count(IMAGE_PLACEHOLDER) for t in turns)
+    if n_placeholders != len(row.images):
+        raise ValueError(
+            f"row {row.id}: {n_placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(row.images)} images"
+        )
+    images = iter(row.images)
+    messages = (
+        [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
+    )
+    for turn in turns:
+        if turn.get("from") not in ROLES:
+            raise ValueError(f"row {row.id}: unknown conversation role {turn.get('from')!r}")
+        content = []
+        for i, text in enumerate(str(turn.get("value", "")).split(IMAGE_PLACEHOLDER)):
+            if i > 0:
+                content.append({"type": "image", "image": _decode_image(next(images), row.id)})
+            if text.strip():
+                content.append({"type": "text", "text": text.strip()})
+        messages.append({"role": ROLES[turn["from"]], "content": content})
+    return messages
+
+
+def _decode_image(data: bytes, row_id: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception as e:  # PIL raises a zoo of types for corrupt bytes
+        raise ValueError(f"row {row_id}: an image does not decode ({type(e).__name__}: {e})") from e
+
+
+# ----------------------------------------------------------------------------------------------------- the model
+
+
+def load_model(model_id: str, device: str = "auto", dtype: str = "auto"):
+    """(model, processor) for any image-text-to-text checkpoint (directory or hub id), ready for batched
+    left-padded generation."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = DTYPES[dtype] or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    processor = AutoProcessor.from_pretrained(model_id)
+    model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype, device_map=device).eval()
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, processor
+
+
+@torch.inference_mode()
+def generate(model, processor, messages: list[list[dict]], max_new_tokens: int) -> list[tuple[str, int]]:
+    """Greedy completions (text, number of generated tokens) for a batch of conversations."""
+    inputs = processor.apply_chat_template(
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True, "padding_side": "left"},
+    ).to(model.device)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    output = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    stop_ids = _stop_token_ids(model, processor)
+    lengths = [_length_until_stop(seq.tolist(), stop_ids) for seq in new_tokens]
+    texts = processor.batch_decode([seq[:n] for seq, n in zip(new_tokens, lengths)], skip_special_tokens=True)
+    return list(zip(texts, lengths))
+
+
+def _stop_token_ids(model, processor) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ids | {processor.tokenizer.pad_token_id} - {None}
+
+
+def _length_until_stop(ids: list[int], stop_ids: set[int]) -> int:
+    return next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
+
+
+# ------------------------------------------------------------------------------------------------------ results
+
+
+def load_predictions(path: Path) -> dict[str, dict]:
+    """Records already written, by row id. A torn last line (an interrupted write) is cut off, nothing else."""
+    if not path.exists():
+        return {}
+    records, good_bytes = {}, 0
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if line.endswith(b"\n"):
+                    raise ValueError(
+                        f"{path}: corrupt line {line[:80]!r} (not the last one); not touching it"
+                    ) from None
+                break
+            records[record["id"]] = record
+            good_bytes += len(line)
+    if good_bytes != path.stat().st_size:
+        log.warning("%s: dropping a torn final line left by an interrupted run", path)
+        os.truncate(path, good_bytes)
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Per split: per-skill mean score, the overall mean over skills and per-family means over skills (percent)."""
+    by_skill = defaultdict(list)
+    for r in records:
+        by_skill[r["split"], r["family"], r["skill"]].append(r["score"])
+    summary = {}
+    for split in SPLITS:
+        skills = {
+            skill: {"family": family, "n": len(scores), "score": 100 * sum(scores) / len(scores)}
+            for (s, family, skill), scores in sorted(by_skill.items())
+            if s == split
+        }
+        if not skills:
+            continue
+        families = defaultdict(list)
+        for entry in skills.values():
+            families[entry["family"]].append(entry["score"])
+        summary[split] = {
+            "overall": sum(e["score"] for e in skills.values()) / len(skills),
+            "n": sum(e["n"] for e in skills.values()),
+            "families": {f: sum(v) / len(v) for f, v in sorted(families.items())},
+            "skills": skills,
+        }
+    return summary
+
+
+def write_markdown(summary: dict, model: str, path: Path) -> None:
+    lines = [f"# vst-bench: `{model}`", ""]
+    for split, result in summary.items():
+        lines += [
+            f"## {split} split: overall {result['overall']:.2f} (mean over {len(result['skills'])} skills, "
+            f"{result['n']} rows)",
+            "",
+            "| skill | family | n | score |",
+            "|---|---|---:|---:|",
+        ]
+        lines += [
+            f"| {s} | {e['family']} | {e['n']} | {e['score']:.2f} |" for s, e in result["skills"].items()
+        ]
+        lines += [f"| **{f} (mean)** | | | {v:.2f} |" for f, v in result["families"].items()]
+        lines += [f"| **overall** | | {result['n']} | {result['overall']:.2f} |", ""]
+    path.write_text("\n".join(lines))
+
+
+def write_chart(summary: dict, model: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {f: f"C{i}" for i, f in enumerate(FAMILIES)}
+    heights = [len(r["skills"]) + 1 for r in summary.values()]
+    fig, axes = plt.subplots(
+        len(summary),
+        1,
+        figsize=(8, 0.3 * sum(heights) + 1.5 * len(summary)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    for ax, (split, result) in zip(axes[:, 0], summary.items()):
+        names = list(result["skills"])
+        entries = list(result["skills"].values())
+        ax.barh(
+            names, [e["score"] for e in entries], color=[colors.get(e["family"], "gray") for e in entries]
+        )
+        ax.axvline(result["overall"], color="black", linestyle="--", label=f"overall {result['overall']:.1f}")
+        ax.set_xlim(0, 100)
+        ax.invert_yaxis()
+        ax.set_title(f"{split} split")
+        ax.set_xlabel("score (%)")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"vst-bench: {Path(model).name or model}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------- running
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Evaluate, resuming from `output_dir`, write the reports, and return the results dict."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = resolve_backbone(cfg.model)  # a preset / baseline / vst name, a directory or a hub id
+    run_file = out / "bench_run.json"
+    if run_file.exists() and (previous := json.loads(run_file.read_text()))["checkpoint"] != checkpoint:
+        raise ValueError(
+            f"{out} holds results of model {previous['checkpoint']!r}, not {checkpoint!r}; use another output_dir"
+        )
+    run_file.write_text(
+        json.dumps({"model": cfg.model, "checkpoint": checkpoint, "data": cfg.data}, indent=2)
+    )
+
+    data = cfg.data or str(bench_data_from_engine(out / "bench_data"))
+    rows = select_rows(read_rows(data), cfg.splits, cfg.limit)
+    if not rows:
+        raise ValueError(f"no rows of splits {cfg.splits} in {data!r}")
+    predictions_path = out / "predictions.jsonl"
+    done = load_predictions(predictions_path)
+    todo = [r for r in rows if r.id not in done]
+    log.info(
+        "%d rows selected, %d already scored in %s, %d to generate",
+        len(rows),
+        len(rows) - len(todo),
+        out,
+        len(todo),
+    )
+
+    speed = {}
+    if todo:
+        model, processor = load_model(checkpoint, cfg.device, cfg.dtype)
+        # Similar prompts batch together: fewer pad tokens, and image-free rows never share a batch with images.
+        todo.sort(
+            key=lambda r: (r.split, len(r.images), sum(len(str(t.get("value", ""))) for t in r.conversations))
+        )
+        n_tokens, start = 0, time.perf_counter()
+        with predictions_path.open("a") as f, tqdm(total=len(todo), desc="vst-bench", unit="row") as bar:
+            for i in range(0, len(todo), cfg.batch_size):
+                batch = todo[i : i + cfg.batch_size]
+                messages = [build_messages(r, cfg.system_prompt) for r in batch]
+                for row, (text, length) in zip(
+                    batch, generate(model, processor, messages, cfg.max_new_tokens)
+                ):
+                    record = {
+                        "id": row.id,
+                        "split": row.split,
+                        "skill": row.skill,
+                        "family": row.family,
+                        "score": score_answer(text, row.meta_info),
+                        "output": text,
+                        "new_tokens": length,
+                    }
+                    done[row.id] = record
+                    f.write(json.dumps(record) + "\n")
+                    n_tokens += length
+                f.flush()
+                bar.update(len(batch))
+        seconds = time.perf_counter() - start
+        speed = {
+            "rows": len(todo),
+            "seconds": seconds,
+            "rows_per_s": len(todo) / seconds,
+            "new_tokens_per_s": n_tokens / seconds,
+            "batch_size": cfg.batch_size,
+            "device": str(getattr(model, "device", cfg.device)),
+        }
+
+    summary = summarize([done[r.id] for r in rows])
+    results = {"model": cfg.model, "checkpoint": checkpoint, "data": data, "splits": summary, "speed": speed}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_markdown(summary, cfg.model, out / "results.md")
+    write_chart(summary, cfg.model, out / "results.png")
+    for split, result in summary.items():
+        log.info(
+            "%s split: overall %.2f over %d skills (%d rows)",
+            split,
+            result["overall"],
+            len(result["skills"]),
+            result["n"],
+        )
+    log.info("vst-bench wrote predictions.jsonl, results.json, results.md, results.png to %s", out)
+    return results
+
+
+# "../configs" as an absolute path: Hydra reads a relative config_path as a Python package ("pkg://configs") when
+# the command runs as a console script, and configs/ is not a package.
+@hydra.main(
+    config_path=str(Path(__file__).resolve().parents[1] / "configs"),
+    config_name="vst_bench",
+    version_base="1.3",
+)
+def _hydra_main(cfg: DictConfig) -> None:
+    fields = OmegaConf.to_container(cfg, resolve=True)
+    run_bench(BenchConfig(model=fields.pop("checkpoint"), **fields))
 
 
 def main() -> None:
-    sys.exit("vst-bench: not implemented yet (tracked in issue #3)")
+    """`vst-bench model=...`: configs/model/ (the backbone presets) is a Hydra config group, so Hydra would read
+    `model=PATH` as a choice in that group; the command line's `model=` therefore travels as `checkpoint=`."""
+    sys.argv = [re.sub(r"^(\+{0,2})model=", r"\1checkpoint=", arg) for arg in sys.argv]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,12 +4,13 @@ A model's output is scored against a row's `meta_info` (see `score_answer`). Mod
 malformed (not a string, unbalanced or repeated `<think>` tags, no parsable answer, NaN/inf, garbage JSON, absurdly
 long text) scores 0 and never raises. Bad `meta_info` is our own data's fault and raises `ValueError`.
 
-3D box convention (the data engine writes boxes with the same convention; `box_rotation` is the one definition):
+3D box convention (the data engine's `vst.data.geometry.box9_corners` is the same; a test pins the two together):
 `bbox_3d = [x, y, z, x_size, y_size, z_size, pitch, yaw, roll]` in the camera frame (X right, Y down, Z forward),
-metres for position and size, radians for the angles. The box's own axes carry x/y/z_size and are rotated into the
-camera frame by R = Rz(roll) @ Ry(yaw) @ Rx(pitch), i.e. extrinsic rotations about the camera's X (pitch), then Y
-(yaw, the vertical axis), then Z (roll); the same matrix as `Rotation.from_euler("xyz", [pitch, yaw, roll])` in
-scipy. A camera-frame point is `center + R @ local`. All angles 0 means the box is aligned with the camera axes.
+metres for position and size. The box's own axes carry x/y/z_size and are rotated into the camera frame by
+R = Rz(roll) @ Ry(yaw) @ Rx(pitch), i.e. extrinsic rotations about the camera's X (pitch), then Y (yaw, the vertical
+axis), then Z (roll): scipy's `Rotation.from_euler("xyz", [pitch, yaw, roll])`. As in VST-P, the angles are written
+in half-turns (degrees / 180, so each lies in (-1, 1]); `ANGLE_UNIT` converts them to radians. A camera-frame point
+is `center + R @ local`; all angles 0 means the box is aligned with the camera axes.
 """
 
 import json
@@ -37,6 +38,7 @@ REL_ERROR_DECIMALS = 12
 # (within this absolute tolerance). In practice this is an object count of zero.
 ZERO_GT_ATOL = 1e-6
 F1_IOU_THRESHOLD = 0.25
+ANGLE_UNIT = math.pi  # radians per bbox_3d angle unit (VST-P writes degrees / 180)
 
 
 # ---------------------------------------------------------------------------------------------------- answer text
@@ -299,7 +301,10 @@ class Box3D:
         if (values[3:6] <= 0).any():
             raise ValueError(f"bbox_3d sizes must be positive, got {values[3:6].tolist()}")
         return cls(
-            str(label if label is not None else ""), values[:3], values[3:6], box_rotation(*values[6:9])
+            str(label if label is not None else ""),
+            values[:3],
+            values[3:6],
+            box_rotation(*(values[6:9] * ANGLE_UNIT)),
         )
 
     @property

@@ -30,6 +30,7 @@ OPTIONS = ["the red cube", "the blue cylinder", "the green sphere", "the yellow 
 
 
 def box(x=0.0, y=0.0, z=2.0, sx=1.0, sy=1.0, sz=1.0, pitch=0.0, yaw=0.0, roll=0.0, label="cube") -> Box3D:
+    """A box from bbox_3d values; angles in half-turns (0.25 = 45 degrees) as the rows store them."""
     return Box3D.from_bbox_3d(label, [x, y, z, sx, sy, sz, pitch, yaw, roll])
 
 
@@ -190,9 +191,20 @@ def test_rotation_convention_matches_scipy_extrinsic_xyz():
     np.testing.assert_allclose(box_rotation(*angles), expected, atol=1e-12)
 
 
+def test_corners_agree_with_the_data_engine_geometry():
+    from vst.data.geometry import box9_corners
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        values = [*rng.uniform(-1, 1, 2), rng.uniform(1, 4), *rng.uniform(0.05, 1, 3), *rng.uniform(-1, 1, 3)]
+        np.testing.assert_allclose(
+            Box3D.from_bbox_3d("x", values).corners(), box9_corners(values), atol=1e-12
+        )
+
+
 def test_yaw_turns_about_the_vertical_axis():
     # A 2 m long (x) box yawed 90 degrees lies along the camera's Z axis; its height (y, down) is unchanged.
-    corners = box(sx=2.0, yaw=math.pi / 2).corners()
+    corners = box(sx=2.0, yaw=0.5).corners()
     extent = corners.max(0) - corners.min(0)
     np.testing.assert_allclose(extent, [1.0, 1.0, 2.0], atol=1e-12)
     # Positive yaw turns the box's forward (+Z) axis toward the camera's right (+X).
@@ -213,7 +225,7 @@ def test_iou_of_cube_turned_45_degrees_is_one_over_sqrt2(axis):
     # Two unit cubes, one turned 45 degrees about a face axis: the overlap is a prism over a regular octagon of
     # area 2*sqrt(2) - 2 (the square minus 4 corner triangles with legs 1 - sqrt(2)/2), so
     # IoU = (2*sqrt(2) - 2) / (2 - (2*sqrt(2) - 2)) = 1/sqrt(2).
-    turned = box(**{axis: math.pi / 4})
+    turned = box(**{axis: 0.25})
     assert box_iou(box(), turned) == pytest.approx(1 / math.sqrt(2), abs=1e-9)
     assert box_iou(turned, box()) == pytest.approx(1 / math.sqrt(2), abs=1e-9)
 

@@ -1,0 +1,263 @@
+"""`vst-bench` end to end on a tiny randomly initialised Qwen2.5-VL, plus resume, batching and bad input."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from vst import bench
+from vst.backbone import preset_checkpoint
+from vst.bench import BenchConfig, build_messages, load_predictions, read_rows, run_bench, select_rows
+
+# --------------------------------------------------------------------------------------------- tiny model
+
+
+@pytest.fixture(scope="module")
+def backbone_cache(tmp_path_factory) -> Path:
+    """Where presets are built: $VST_CACHE/backbones, as vst.backbone lays it out."""
+    return tmp_path_factory.mktemp("vst_cache") / "backbones"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(backbone_cache) -> str:
+    """The `tiny` preset (random weights, shipped tokenizer), saved and loaded like any HF checkpoint."""
+    return str(preset_checkpoint("tiny", cache_dir=backbone_cache))
+
+
+# ------------------------------------------------------------------------------------------------- fixture rows
+
+
+def png(seed: int, size=(40, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+BOX = {"label": "red cube", "bbox_3d": [0.1, 0.0, 1.5, 0.2, 0.2, 0.2, 0.0, 0.3, 0.0]}
+SKILLS = {  # skill: (family, split, n_images, answer_mode, gt, extra meta, a perfect answer)
+    "depth_comparison": (
+        "single_image",
+        "bench",
+        1,
+        "choice",
+        "B",
+        {"options": ["red cube", "blue cone"]},
+        "B",
+    ),
+    "detection_3d": ("single_image", "bench", 1, "boxes3d", [BOX], {}, json.dumps([BOX])),
+    "camera_motion": ("multi_image", "bench", 2, "numeric", 0.5, {"unit": "m"}, "50 cm"),
+    "object_count": ("video", "bench", 3, "numeric", 3, {"unit": None}, "3"),
+    "color": ("general", "bench_general", 1, "text", "red", {"aliases": ["crimson"]}, "Red."),
+}
+
+
+def make_rows(n_per_skill: int = 3) -> list[dict]:
+    rows = []
+    for skill, (family, split, n_images, mode, gt, extra, answer) in SKILLS.items():
+        for k in range(n_per_skill):
+            placeholders = "".join("<image>" for _ in range(n_images))
+            meta = {
+                "skill": skill,
+                "family": family,
+                "answer_mode": mode,
+                "gt": gt,
+                "split": split,
+                "seed": k,
+                **extra,
+            }
+            rows.append({
+                "id": f"{skill}-{k}",
+                "data_source": "test",
+                "conversations": [
+                    {"from": "human", "value": f"{placeholders}\nQuestion {k} about {skill}?"},
+                    {"from": "gpt", "value": answer},
+                ],
+                "images": [png(100 * k + i) for i in range(n_images)],
+                "type": "general" if family == "general" else "perception",
+                "meta_info": json.dumps(meta),
+            })  # fmt: skip
+    return rows
+
+
+def write_parquet(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def perfect_answers(rows: list[dict]) -> dict[str, str]:
+    return {r["id"]: r["conversations"][-1]["value"] for r in rows}
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+
+
+def test_cli_end_to_end_on_a_tiny_model(tiny_model, backbone_cache, tmp_path):
+    data = write_parquet(make_rows(3), tmp_path / "data" / "bench.parquet")
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).parent / "vst-bench"), "model=tiny", f"data={data.parent}",
+           f"output_dir={out}", "batch_size=4", "max_new_tokens=6", "limit=2"]  # fmt: skip
+    env = {**os.environ, "VST_CACHE": str(backbone_cache.parent)}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(out) in result.stderr + result.stdout  # says where it wrote
+    assert json.loads((out / "bench_run.json").read_text())["checkpoint"] == tiny_model  # the preset, by name
+
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(f"{s}-{k}" for s in SKILLS for k in range(2))  # limit=2
+    assert all(0.0 <= r["score"] <= 1.0 and 0 < r["new_tokens"] <= 6 for r in records)
+    results = json.loads((out / "results.json").read_text())
+    spatial, general = results["splits"]["spatial"], results["splits"]["general"]
+    assert set(spatial["skills"]) == set(SKILLS) - {"color"} and set(general["skills"]) == {"color"}
+    assert spatial["n"] == 8 and general["n"] == 2
+    assert set(spatial["families"]) == {"single_image", "multi_image", "video"}
+    assert results["speed"]["rows"] == 10 and results["speed"]["rows_per_s"] > 0
+    assert "| **overall** |" in (out / "results.md").read_text()
+    assert Image.open(out / "results.png").size[0] > 100
+    assert (out / ".hydra" / "config.yaml").exists()
+
+
+def test_scores_and_means_with_perfect_and_partly_wrong_answers(tmp_path, monkeypatch):
+    rows = make_rows(2)
+    answers = perfect_answers(rows)
+    answers["depth_comparison-1"] = "A"  # wrong choice: depth_comparison scores 50
+    answers["camera_motion-0"] = (
+        "<think>moved</think> 0.6 m"  # 20% off passes tolerances 0.25..0.50: MRA 0.6, skill 80
+    )
+    monkeypatch.setattr(bench, "load_model", lambda *a, **k: (torch.nn.Linear(1, 1), None))
+    by_question = {r["conversations"][0]["value"].split("\n", 1)[1]: r["id"] for r in rows}
+    calls = []
+
+    def fake_generate(model, processor, messages, max_new_tokens):
+        calls.append(len(messages))
+        return [(answers[by_question[m[-1]["content"][-1]["text"]]], 1) for m in messages]
+
+    monkeypatch.setattr(bench, "generate", fake_generate)
+    data = write_parquet(rows, tmp_path / "bench.parquet")
+    results = run_bench(
+        BenchConfig(model="test/fake-model", data=str(data), output_dir=str(tmp_path / "out"), batch_size=3)
+    )
+
+    spatial = results["splits"]["spatial"]
+    scores = {s: e["score"] for s, e in spatial["skills"].items()}
+    assert scores == pytest.approx(
+        {"depth_comparison": 50.0, "detection_3d": 100.0, "camera_motion": 80.0, "object_count": 100.0}
+    )
+    assert spatial["overall"] == pytest.approx((50 + 100 + 80 + 100) / 4)  # mean over skills
+    assert spatial["families"] == pytest.approx({"single_image": 75.0, "multi_image": 80.0, "video": 100.0})
+    assert results["splits"]["general"]["overall"] == 100.0
+    assert max(calls) <= 3 and sum(calls) == len(rows)
+
+
+def test_resume_keeps_written_rows_and_repairs_a_torn_line(tiny_model, tmp_path, monkeypatch):
+    data = write_parquet(make_rows(1), tmp_path / "bench.parquet")
+    cfg = BenchConfig(
+        model=tiny_model, data=str(data), output_dir=str(tmp_path / "out"), batch_size=4, max_new_tokens=4
+    )
+    run_bench(cfg)
+    path = tmp_path / "out" / "predictions.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 5
+
+    # Interrupted run: two rows missing and a half-written line at the end.
+    path.write_text("".join(lines[:-2]) + lines[-2][:15])
+    generated = []
+    real_generate = bench.generate
+    monkeypatch.setattr(
+        bench, "generate", lambda m, p, msgs, n: generated.append(len(msgs)) or real_generate(m, p, msgs, n)
+    )
+    results = run_bench(cfg)
+    assert sum(generated) == 2
+    new_lines = path.read_text().splitlines(keepends=True)
+    assert new_lines[:-2] == lines[:-2] and sorted(new_lines) == sorted(lines)  # greedy: same outputs again
+    assert results["splits"]["spatial"]["n"] == 4
+
+    generated.clear()
+    run_bench(cfg)  # nothing left to do: the model is not even loaded
+    assert generated == [] and path.read_text().splitlines(keepends=True) == new_lines
+
+    with pytest.raises(ValueError, match="holds results of model"):
+        run_bench(BenchConfig(model="other/model", data=str(data), output_dir=cfg.output_dir))
+
+
+def test_batched_left_padded_generation_matches_one_by_one(tiny_model):
+    model, processor = bench.load_model(tiny_model, "cpu", "float32")
+    rows = select_rows(iter(make_rows(1)), ["spatial"], None)
+    messages = [build_messages(r) for r in rows[1:]]  # 1, 2 and 3 images: prompts of different lengths
+    batched = bench.generate(model, processor, messages, max_new_tokens=5)
+    single = [bench.generate(model, processor, [m], max_new_tokens=5)[0] for m in messages]
+    assert batched == single
+
+
+def test_messages_put_images_where_the_placeholders_were():
+    row = select_rows(iter(make_rows(1)), ["spatial"], None)[2]  # camera_motion: two images
+    row.conversations = [
+        {"from": "human", "value": "first <image> then <image> which moved?"},
+        {"from": "gpt", "value": "x"},
+    ]
+    messages = build_messages(row, system_prompt="Be brief.")
+    assert messages[0] == {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
+    kinds = [part["type"] for part in messages[1]["content"]]
+    assert kinds == ["text", "image", "text", "image", "text"]
+    assert messages[1]["content"][1]["image"].size == (48, 40)
+    assert len(messages) == 2  # the reference answer is not part of the prompt
+
+
+def test_select_rows_limits_per_skill_and_splits():
+    rows = make_rows(3)
+    assert len(select_rows(iter(rows), ["spatial", "general"], None)) == 15
+    assert len(select_rows(iter(rows), ["spatial", "general"], 1)) == 5
+    general = select_rows(iter(rows), ["general"], None)
+    assert {r.skill for r in general} == {"color"} and all(r.split == "general" for r in general)
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_rows_raise_errors_naming_the_row():
+    rows = make_rows(1)
+    wrong_count = dict(rows[0], id="bad-count", images=[])
+    with pytest.raises(ValueError, match="bad-count: 1 <image> placeholders but 0 images"):
+        build_messages(select_rows(iter([wrong_count]), ["spatial"], None)[0])
+    corrupt = dict(rows[0], id="bad-image", images=[b"\x89PNG not really"])
+    with pytest.raises(ValueError, match="bad-image: an image does not decode"):
+        build_messages(select_rows(iter([corrupt]), ["spatial"], None)[0])
+    bad_meta = dict(rows[0], id="bad-meta", meta_info=json.dumps({"answer_mode": "choice"}))
+    with pytest.raises(ValueError, match="bad-meta: .*no 'gt'"):
+        select_rows(iter([bad_meta]), ["spatial"], None)
+    with pytest.raises(ValueError, match="duplicate row id"):
+        select_rows(iter([rows[0], rows[0]]), ["spatial"], None)
+
+
+def test_bad_files_and_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no Parquet files"):
+        next(read_rows(str(tmp_path / "nothing*.parquet")))
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ValueError, match="corrupt.parquet: not a readable VST Parquet shard"):
+        next(read_rows(str(corrupt)))
+    schemaless = write_parquet([{"question": "hi"}], tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="other.parquet.*missing columns"):
+        next(read_rows(str(schemaless)))
+    with pytest.raises(ValueError, match="unknown splits"):
+        BenchConfig(model="m", output_dir="o", splits=["spatial", "vibes"])
+    with pytest.raises(ValueError, match="dtype"):
+        BenchConfig(model="m", output_dir="o", dtype="int8")
+
+
+def test_a_corrupt_line_in_the_middle_is_not_silently_dropped(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"id": "a", "score": 1}\nnot json\n{"id": "b", "score": 0}\n')
+    with pytest.raises(ValueError, match="corrupt line"):
+        load_predictions(path)
+    assert path.read_text().count("\n") == 3  # untouched
