@@ -12,6 +12,7 @@ from .dataset import build_dataset
 from .generate import DataConfig, GenerationError
 from .io import DataFileError, export_llava
 from .preview import write_previews
+from .render import close_renderer
 from .scene import SceneError
 
 log = logging.getLogger("vst-data")
@@ -69,6 +70,8 @@ def main(cfg: DictConfig) -> None:
         manifest = run(plain)
     except (ValueError, SceneError, GenerationError, DataFileError, FileNotFoundError) as e:
         sys.exit(f"vst-data: error: {e}")
+    finally:
+        close_renderer()
     out = Path(plain["output_dir"])
     print(
         f"vst-data: wrote {manifest['n']} rows ({manifest['split']}, seed {manifest['seed']}) in "

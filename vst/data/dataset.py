@@ -178,7 +178,21 @@ def build_dataset(
     return json.loads(json.dumps(final))  # exactly what manifest.json holds (tuples become lists)
 
 
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _config_diff(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    old, new = _flat(old), _flat(json.loads(json.dumps(new)))  # compare as stored (tuples are lists in JSON)
+    changed = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
     return "; ".join(changed[:6]) or "generator changed"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .render import get_renderer
 from .rows import GENERATOR_VERSION, SPLITS, make_row
-from .scene import Camera, SceneConfig, sample_room, sample_tabletop
+from .scene import Camera, SceneConfig, ViewError, sample_room, sample_tabletop
 from .skills import SKILLS, Ctx, Skill, resolve_skills
 
 SPLIT_CODES = {"train": 0, "bench": 1, "bench_general": 2}
@@ -197,7 +197,10 @@ def render_question(cfg: DataConfig, skill: Skill, seed: int, checkable: bool):
     for attempt in range(MAX_ATTEMPTS):
         layout = skill.pick_layout(rng)
         scene = _SAMPLERS[layout](rng, scene_cfg, f"{layout}-{seed:016x}-{attempt}")
-        cams = skill.cameras(rng, scene, width, height, cfg.video_frames)
+        try:
+            cams = skill.cameras(rng, scene, width, height, cfg.video_frames)
+        except ViewError:
+            continue
         if cfg.fov_unify:
             cams = [unify_focal(c, cfg.base_focal) for c in cams]
         views = renderer.render(scene, cams)

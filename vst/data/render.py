@@ -341,3 +341,11 @@ def get_renderer(n_objects: int = 16, n_furniture: int = 7) -> SceneRenderer:
             _RENDERER.close()
         _RENDERER = SceneRenderer(n_objects, n_furniture)
     return _RENDERER
+
+
+def close_renderer() -> None:
+    """Free the process's GL context now rather than at interpreter exit (avoids shutdown-time GL noise)."""
+    global _RENDERER
+    if _RENDERER is not None:
+        _RENDERER.close()
+        _RENDERER = None

@@ -81,6 +81,10 @@ class SceneError(ValueError):
     """A scene configuration that cannot be satisfied (e.g. more objects than fit)."""
 
 
+class ViewError(SceneError):
+    """This particular scene leaves no good camera placement; the caller draws another scene."""
+
+
 @dataclass
 class Entity:
     uid: int
@@ -461,6 +465,8 @@ def room_camera(rng, scene: Scene, width: int, height: int, fovy_range=(55.0, 75
         eye_xy = np.array([rng.uniform(-0.35, 0.35) * rx, rng.uniform(-0.35, 0.35) * ry])
         if not any(_circle_hits_rect(eye_xy, 0.3, b) for b in blocked):
             break
+    else:
+        raise ViewError(f"no free standing spot for a camera in scene {scene.scene_id}")
     target_xy = -eye_xy * rng.uniform(0.3, 1.0) + rng.uniform(-0.5, 0.5, size=2)
     eye = np.array([*eye_xy, rng.uniform(1.3, 1.7)])
     target = np.array([*target_xy, rng.uniform(0.3, 0.8)])
@@ -482,6 +488,8 @@ def room_walkthrough(rng, scene: Scene, n_frames: int, width: int, height: int) 
         path = np.stack([ax * np.cos(angles), ay * np.sin(angles)], 1)
         if not any(_circle_hits_rect(p, 0.25, b) for p in path for b in blocked):
             break
+    else:
+        raise ViewError(f"no free walking loop through scene {scene.scene_id}")
     height_m = float(rng.uniform(1.35, 1.65))
     cams = []
     for k, (a, p) in enumerate(zip(angles, path)):

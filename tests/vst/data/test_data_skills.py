@@ -201,3 +201,25 @@ def test_fov_unification_gives_one_focal_length():
         w, h = Image.open(io.BytesIO(row["images"][0]["bytes"])).size
         assert (w, h) == (cam["width"], cam["height"])
         assert f"image width={w} and height={h}" in row["conversations"][0]["value"]
+
+
+def test_reference_answers_score_perfectly_with_the_scorer():
+    """Every skill's own answer parses and scores 1 with vst.scoring (the contract both sides rely on)."""
+    scoring = pytest.importorskip("vst.scoring")
+    for split in ("train", "bench", "bench_general"):
+        cfg = DataConfig(split=split)
+        pool = cfg.general_skills if split == "bench_general" else cfg.skill_names
+        for i, skill in enumerate(pool):
+            thought = split == "train" and SKILLS[skill].cot and i % 2 == 0
+            row_type = (
+                ("general_thought" if SKILLS[skill].family == "general" else "spatial_thought")
+                if thought
+                else ("general" if SKILLS[skill].family == "general" else "perception")
+            )
+            row = generate_row(cfg, skill, row_type, 60_000 + i)
+            meta = _meta(row)
+            answer = row["conversations"][1]["value"]
+            assert scoring.score_answer(answer, meta) == pytest.approx(1.0), (skill, answer[:200])
+            if meta["answer_mode"] == "choice":
+                wrong = next(L for L in LETTERS[: len(meta["options"])] if meta["gt"] != L)
+                assert scoring.score_answer(wrong, meta) == 0.0
