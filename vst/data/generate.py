@@ -6,6 +6,7 @@ resumed or extended.
 """
 
 import dataclasses
+import hashlib
 import io
 from dataclasses import dataclass, field
 
@@ -104,16 +105,30 @@ class DataConfig:
         return d
 
 
+def _digest(seed: int, split: str, index: int) -> bytes:
+    return hashlib.blake2b(f"vst-sim|{seed}|{SPLIT_CODES[split]}|{index}".encode(), digest_size=32).digest()
+
+
 def sample_seed(seed: int, split: str, index: int) -> int:
     """A 63-bit seed per sample; the split is part of the key, so benchmark seeds never meet training seeds."""
-    ss = np.random.SeedSequence(entropy=seed, spawn_key=(SPLIT_CODES[split], index))
-    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return int.from_bytes(_digest(seed, split, index)[:8], "little") >> 1
 
 
-def _weighted(rng, items: list[tuple[str, float]]) -> str:
-    names, w = zip(*items)
-    w = np.asarray(w, float)
-    return names[int(rng.choice(len(names), p=w / w.sum()))]
+def _plan_uniforms(seed: int, split: str, index: int) -> list[float]:
+    """Three uniforms in [0, 1) for the sample's plan (a hash: planning 100k samples takes well under a second)."""
+    d = _digest(seed, split, index)
+    return [int.from_bytes(d[8 * k : 8 * k + 8], "little") / 2**64 for k in (1, 2, 3)]
+
+
+def _weighted(u: float, items: list[tuple[str, float]]) -> str:
+    """The item whose cumulative-weight interval holds u (u uniform in [0, 1))."""
+    total = sum(w for _, w in items)
+    acc = 0.0
+    for name, w in items:
+        acc += w / total
+        if u < acc:
+            return name
+    return items[-1][0]
 
 
 def plan_sample(cfg: DataConfig, index: int) -> tuple[str, str, int]:
@@ -125,7 +140,27 @@ def plan_sample(cfg: DataConfig, index: int) -> tuple[str, str, int]:
     if cfg.split == "bench_general":
         skills = cfg.general_skills
         return skills[index % len(skills)], "general", seed
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    u_kind, u_family, u_skill = _plan_uniforms(cfg.seed, cfg.split, index)
+    kinds, general, cot_general, spatial_families, cot_families = _pools(cfg)
+    kind = _weighted(u_kind, kinds)
+    if kind == "general":
+        return _weighted(u_skill, general), "general", seed
+    if kind == "cot":
+        if cot_general and (not cot_families or u_family < cfg.cot_general_frac):
+            return _weighted(u_skill, cot_general), "general_thought", seed
+        families, row_type = cot_families, "spatial_thought"
+    else:
+        families, row_type = spatial_families, kind
+    family = _weighted(u_family, [(f, w) for f, w, _ in families])
+    return _weighted(u_skill, next(p for f, _, p in families if f == family)), row_type, seed
+
+
+def _pools(cfg: DataConfig) -> tuple:
+    """Weighted choices the plan draws from, built once per config (cached on it; configs are not mutated)."""
+    cached = getattr(cfg, "_pools", None)
+    if cached is not None:
+        return cached
+    weighted = lambda names: [(s, SKILLS[s].weight) for s in names]  # noqa: E731
     spatial, general = cfg.spatial_skills, cfg.general_skills
     cot_spatial = [s for s in spatial if SKILLS[s].cot]
     cot_general = [s for s in general if SKILLS[s].cot]
@@ -138,27 +173,18 @@ def plan_sample(cfg: DataConfig, index: int) -> tuple[str, str, int]:
     kinds = [(k, w) for k, w in cfg.row_mix.items() if available[k] and w > 0]
     if not kinds:
         raise ValueError(f"row_mix={dict(cfg.row_mix)} leaves no row kind for skills {cfg.skill_names}")
-    kind = _weighted(rng, kinds)
-    if kind == "general":
-        return _weighted(rng, [(s, SKILLS[s].weight) for s in general]), "general", seed
-    if kind == "cot":
-        use_general = cot_general and (not cot_spatial or rng.random() < cfg.cot_general_frac)
-        if use_general:
-            return _weighted(rng, [(s, SKILLS[s].weight) for s in cot_general]), "general_thought", seed
-        return _pick_spatial(rng, cfg, cot_spatial), "spatial_thought", seed
-    return _pick_spatial(rng, cfg, spatial), kind, seed
 
+    def by_family(pool: list[str]) -> list[tuple[str, float, list]]:
+        fams = [
+            (f, w) for f, w in cfg.family_mix.items() if w > 0 and any(SKILLS[s].family == f for s in pool)
+        ]
+        if not fams:  # the mix zeroes every family that has a selected skill: use those families evenly
+            fams = [(f, 1.0) for f in sorted({SKILLS[s].family for s in pool})]
+        return [(f, w, weighted([s for s in pool if SKILLS[s].family == f])) for f, w in fams]
 
-def _pick_spatial(rng, cfg: DataConfig, pool: list[str]) -> str:
-    families = [
-        (f, w) for f, w in cfg.family_mix.items() if w > 0 and any(SKILLS[s].family == f for s in pool)
-    ]
-    if (
-        not families
-    ):  # the mix zeroes every family that has a selected skill: fall back to the skills' own weights
-        families = [(f, 1.0) for f in sorted({SKILLS[s].family for s in pool})]
-    family = _weighted(rng, families)
-    return _weighted(rng, [(s, SKILLS[s].weight) for s in pool if SKILLS[s].family == family])
+    pools = (kinds, weighted(general), weighted(cot_general), by_family(spatial), by_family(cot_spatial))
+    cfg._pools = pools
+    return pools
 
 
 def unify_focal(cam: Camera, base_focal: float) -> Camera:

@@ -22,6 +22,7 @@ from .common import (
     fmt_xyz,
     names,
     numeric,
+    plural,
     text,
     yes_no,
 )
@@ -93,7 +94,7 @@ def ask_det3d(c: Ctx) -> QA | None:
         task = c.pick(
             [
                 f"Detect every {kind} in the image (label each with its color and kind).",
-                f"Find all the {kind}s in 3D; label each by color and kind.",
+                f"Find all the {plural(kind)} in 3D; label each by color and kind.",
             ]
         )
     else:
