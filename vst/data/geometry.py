@@ -94,6 +94,23 @@ def box9_corners(box9) -> np.ndarray:
     return b[:3] + (signs * b[3:6] / 2) @ R.T
 
 
+def canonical_yaw(yaw: float, symmetry: int, cam_to_world: np.ndarray) -> float:
+    """Among the yaws that describe the same symmetric object, the one closest to facing the camera.
+
+    `symmetry` is the order of the object's rotational symmetry about z (0 = any angle, e.g. a ball or cylinder;
+    4 = a cube; 2 = a block; 1 = none). A box's yaw is otherwise unobservable for such objects, so answers use the
+    representative whose x axis is nearest the camera's right direction.
+    """
+    right = cam_to_world[:2, 0]
+    if symmetry == 1 or np.linalg.norm(right) < 1e-9:
+        return yaw
+    facing = math.atan2(right[1], right[0])
+    if symmetry == 0:
+        return facing
+    step = 2 * math.pi / symmetry
+    return facing + ((yaw - facing + step / 2) % step - step / 2)
+
+
 def focal_unified_size(width: int, height: int, focal: float, base_focal: float) -> tuple[int, int]:
     """Image size after rescaling so that the focal length becomes `base_focal` (the FoV is unchanged)."""
     s = base_focal / focal

@@ -63,6 +63,9 @@ LOOKALIKE_COLORS = {
 
 COLOR_NAMES = tuple(COLORS)
 
+# Order of each kind's rotational symmetry about the vertical axis (0 = continuous); see geometry.canonical_yaw.
+YAW_SYMMETRY = {"ball": 0, "cylinder": 0, "bowl": 0, "plate": 0, "cube": 4, "block": 2, "box": 2, "table": 2}
+
 
 def _held_out_combos() -> frozenset[tuple[str, str]]:
     """Two colours per kind, spread so that every colour is held out for at least one kind."""

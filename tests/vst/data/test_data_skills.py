@@ -7,10 +7,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from vst.data.generate import DataConfig, generate_row, render_question
-from vst.data.geometry import box9_in_camera, project, to_camera
-from vst.data.scene import HELD_OUT_COMBOS
+from vst.data.geometry import box9_corners, canonical_yaw, project, to_camera
+from vst.data.scene import HELD_OUT_COMBOS, YAW_SYMMETRY
 from vst.data.skills import SKILLS, resolve_skills
 from vst.data.skills.common import LETTERS, names
 
@@ -106,8 +107,24 @@ def test_det3d_boxes_are_visible_objects_in_first_camera():
         for entry, uid in zip(qa.gt, qa.extra["uids"]):
             e = scene.by_uid(uid)
             assert entry["label"] == e.label
-            want = box9_in_camera(e.pos, e.dims, e.yaw, cam.cam_to_world)
-            assert np.allclose(entry["bbox_3d"], want, atol=0.0051)
+            box = entry["bbox_3d"]
+            assert np.allclose(box[:3], to_camera(cam.cam_to_world, e.pos), atol=0.0051)
+            assert np.allclose(box[3:6], [e.dims[0], e.dims[2], e.dims[1]], atol=0.0051)
+            # The box's x axis in the world is horizontal; its yaw is the object's, up to the kind's symmetry.
+            R_world = (
+                cam.cam_to_world[:3, :3]
+                @ Rotation.from_euler("xyz", np.array(box[6:]) * 180, degrees=True).as_matrix()
+            )
+            x_axis = R_world[:, 0]
+            assert abs(x_axis[2]) < 0.06
+            box_yaw = math.degrees(math.atan2(x_axis[1], x_axis[0]))
+            sym = YAW_SYMMETRY.get(e.kind, 1)
+            if sym == 0:  # round: faces the camera (x axis along the camera's right direction)
+                right = cam.cam_to_world[:2, 0]
+                off = box_yaw - math.degrees(math.atan2(right[1], right[0]))
+            else:
+                off = (box_yaw - math.degrees(e.yaw)) * sym
+            assert abs((off + 180) % 360 - 180) < 4 * max(sym, 1), (e.kind, off)
             assert any(v.pixels.get(uid, 0) >= 12 for v in views)
         assert json.loads(qa.answer.split("```json")[1].split("```")[0]) == qa.gt
 
@@ -223,3 +240,17 @@ def test_reference_answers_score_perfectly_with_the_scorer():
             if meta["answer_mode"] == "choice":
                 wrong = next(L for L in LETTERS[: len(meta["options"])] if meta["gt"] != L)
                 assert scoring.score_answer(wrong, meta) == 0.0
+
+
+def test_symmetric_objects_get_camera_facing_yaw():
+    from vst.data.geometry import box9_in_camera, look_at
+
+    cam = look_at([1.0, -1.2, 1.5], [0.0, 0.0, 0.8])
+    for yaw in np.linspace(-3, 3, 13):
+        round_box = box9_in_camera([0, 0, 0.85], (0.1, 0.1, 0.1), canonical_yaw(yaw, 0, cam), cam)
+        assert abs(round_box[7]) < 1e-6 and abs(round_box[8]) < 1e-6  # only the camera's pitch remains
+        block = box9_in_camera([0, 0, 0.85], (0.2, 0.05, 0.05), canonical_yaw(yaw, 2, cam), cam)
+        same = box9_in_camera([0, 0, 0.85], (0.2, 0.05, 0.05), yaw, cam)
+        d = np.linalg.norm(box9_corners(block)[:, None] - box9_corners(same)[None], axis=-1)
+        assert d.min(1).max() < 1e-6  # an equivalent box
+        assert abs(block[7]) <= 0.5 + 1e-9  # yaw within +-90 degrees of facing the camera

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..geometry import box9_in_camera, to_camera
-from ..scene import Camera, Entity, Scene
+from ..geometry import box9_in_camera, canonical_yaw, to_camera
+from ..scene import YAW_SYMMETRY, Camera, Entity, Scene
 
 if TYPE_CHECKING:
     from ..render import View
@@ -137,7 +137,9 @@ def center_distance(a: Entity, b: Entity) -> float:
 
 
 def box_entry(label: str, e: Entity, cam: Camera) -> dict:
-    box = box9_in_camera(e.pos, e.dims, e.yaw, cam.cam_to_world)
+    """The answer box of an entity; symmetric objects get the yaw that faces the camera (see canonical_yaw)."""
+    yaw = canonical_yaw(e.yaw, YAW_SYMMETRY.get(e.kind, 1), cam.cam_to_world)
+    box = box9_in_camera(e.pos, e.dims, yaw, cam.cam_to_world)
     return {"label": label, "bbox_3d": [round(v, 2) + 0.0 for v in box]}  # + 0.0 turns -0.0 into 0.0
 
 
