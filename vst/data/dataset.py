@@ -117,6 +117,8 @@ def build_dataset(
             "n": n,
             "split": cfg.split,
             "seed": cfg.seed,
+            "sample_seeds": "sample i: meta_info.seed = first 8 bytes (little-endian) of blake2b-256 of "
+            "'vst-sim|<seed>|<split code>|<i>', shifted right by 1; split codes train 0, bench 1, bench_general 2",
             "shard_size": shard_size,
             "config": {**cfg.to_dict(), "shard_size": shard_size},
             "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
