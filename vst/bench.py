@@ -11,7 +11,6 @@ interrupted run resumes by re-running with the same `output_dir`. Written there:
 skills and per-family means, in percent, for each split) and `results.png` (bar chart).
 """
 
-import glob
 import io
 import json
 import logging
@@ -20,18 +19,18 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
-import pyarrow.parquet as pq
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
 from vst.backbone import resolve_backbone
+from vst.data.io import read_rows
 from vst.scoring import parse_meta, score_answer
 
 log = logging.getLogger(__name__)
@@ -54,6 +53,9 @@ class BenchConfig:
     device: str = "auto"
     dtype: str = "auto"
     system_prompt: str | None = None
+    bench_data_dir: str = "outputs/vst-bench/data"  # data=null: where the data engine writes the benchmark
+    bench_per_skill: int = 50
+    bench_seed: int = 0
 
     def __post_init__(self):
         if unknown := set(self.splits) - set(SPLITS):
@@ -81,45 +83,29 @@ class BenchRow:
     images: list[bytes]
 
 
-def read_rows(data: str) -> Iterator[dict]:
-    """Rows of the VST schema from a Parquet file, a directory of them (recursive) or a glob, in sorted file order."""
-    path = Path(data)
-    if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet"))
-    elif path.is_file():
-        files = [str(path)]
-    else:
-        files = sorted(glob.glob(data, recursive=True))
-    if not files:
-        raise FileNotFoundError(f"no Parquet files at {data!r}")
-    for file in files:
-        try:
-            parquet = pq.ParquetFile(file)
-            missing = {"id", "conversations", "images", "meta_info"} - set(parquet.schema_arrow.names)
-            if missing:
-                raise ValueError(f"missing columns {sorted(missing)}")
-            for batch in parquet.iter_batches(batch_size=256):
-                yield from batch.to_pylist()
-        except (
-            OSError,
-            ValueError,
-        ) as e:  # pyarrow's corrupt-file errors are OSError / ArrowInvalid(ValueError)
-            raise ValueError(f"{file}: not a readable VST Parquet shard: {e}") from e
+def bench_data_from_engine(data_dir: Path, per_skill: int, seed: int, splits: list[str]) -> Path:
+    """Hook for `data=null`: the data engine writes the held-out benchmark (a fixed number of rows per skill) under
+    `data_dir`, once; later runs find the finished shards and reuse them (same seed and config, same rows)."""
+    from vst.data.cli import run as vst_data
+    from vst.data.render import close_renderer
 
-
-def bench_data_from_engine(cache_dir: Path) -> Path:
-    """Hook for `data=null`: the data engine writes the held-out bench split (bench + bench_general rows) there."""
+    root = Path(data_dir) / f"{per_skill}-per-skill-seed{seed}"
     try:
-        from vst.data.bench import write_bench_split
-    except ImportError as e:
-        raise RuntimeError(
-            "data=null needs the data engine's vst.data.bench.write_bench_split(output_dir) -> Path; "
-            "until it exists pass data=PATH_TO_BENCH_PARQUET"
-        ) from e
-    return write_bench_split(cache_dir)
+        for split, engine_split in (("spatial", "bench"), ("general", "bench_general")):
+            if split in splits:
+                cfg = {
+                    "split": engine_split,
+                    "per_skill": per_skill,
+                    "seed": seed,
+                    "output_dir": str(root / engine_split),
+                }
+                vst_data(cfg)
+    finally:
+        close_renderer()
+    return root
 
 
-def select_rows(rows: Iterator[dict], splits: list[str], limit: int | None) -> list[BenchRow]:
+def select_rows(rows: Iterable[dict], splits: list[str], limit: int | None) -> list[BenchRow]:
     """The rows of the wanted splits, at most `limit` per (split, skill), with their meta_info checked up front."""
     selected, per_skill, seen = [], defaultdict(int), set()
     for raw in rows:
@@ -138,7 +124,7 @@ def select_rows(rows: Iterator[dict], splits: list[str], limit: int | None) -> l
         seen.add(row_id)
         per_skill[split, skill] += 1
         meta_info = raw["meta_info"] if isinstance(raw["meta_info"], str) else json.dumps(raw["meta_info"])
-        images = [img["bytes"] if isinstance(img, dict) else img for img in raw.get("images") or []]
+        images = list(raw.get("images") or [])
         selected.append(BenchRow(row_id, split, skill, family, meta_info, list(raw["conversations"]), images))
     return selected
 
@@ -355,7 +341,9 @@ def run_bench(cfg: BenchConfig) -> dict:
         json.dumps({"model": cfg.model, "checkpoint": checkpoint, "data": cfg.data}, indent=2)
     )
 
-    data = cfg.data or str(bench_data_from_engine(out / "bench_data"))
+    data = cfg.data or str(
+        bench_data_from_engine(Path(cfg.bench_data_dir), cfg.bench_per_skill, cfg.bench_seed, cfg.splits)
+    )
     rows = select_rows(read_rows(data), cfg.splits, cfg.limit)
     if not rows:
         raise ValueError(f"no rows of splits {cfg.splits} in {data!r}")

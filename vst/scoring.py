@@ -341,7 +341,10 @@ def box_iou(a: Box3D, b: Box3D) -> float:
         intersection = ConvexHull(vertices).volume
     except QhullError:  # an intersection too thin for qhull has no measurable volume
         return 0.0
-    return float(np.clip(intersection / (a.volume + b.volume - intersection), 0.0, 1.0))
+    # Rounded like relative errors: identical boxes score exactly 1, not 1 - 1e-15 of qhull round-off.
+    return round(
+        float(np.clip(intersection / (a.volume + b.volume - intersection), 0.0, 1.0)), REL_ERROR_DECIMALS
+    )
 
 
 def _deepest_point(halfspaces: np.ndarray, scale: float) -> np.ndarray | None:

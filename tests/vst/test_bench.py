@@ -16,7 +16,16 @@ from PIL import Image
 
 from vst import bench
 from vst.backbone import preset_checkpoint
-from vst.bench import BenchConfig, build_messages, load_predictions, read_rows, run_bench, select_rows
+from vst.bench import (
+    BenchConfig,
+    bench_data_from_engine,
+    build_messages,
+    load_predictions,
+    run_bench,
+    select_rows,
+)
+from vst.data.io import read_rows
+from vst.scoring import score_answer
 
 # --------------------------------------------------------------------------------------------- tiny model
 
@@ -241,14 +250,14 @@ def test_bad_rows_raise_errors_naming_the_row():
 
 def test_bad_files_and_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="no Parquet files"):
-        next(read_rows(str(tmp_path / "nothing*.parquet")))
+        select_rows(read_rows(str(tmp_path / "nothing*.parquet")), ["spatial"], None)
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(ValueError, match="corrupt.parquet: not a readable VST Parquet shard"):
-        next(read_rows(str(corrupt)))
+    with pytest.raises(ValueError, match="corrupt.parquet: cannot be read as Parquet"):
+        select_rows(read_rows(str(corrupt)), ["spatial"], None)
     schemaless = write_parquet([{"question": "hi"}], tmp_path / "other.parquet")
-    with pytest.raises(ValueError, match="other.parquet.*missing columns"):
-        next(read_rows(str(schemaless)))
+    with pytest.raises(ValueError, match="other.parquet: not VST row data"):
+        select_rows(read_rows(str(schemaless)), ["spatial"], None)
     with pytest.raises(ValueError, match="unknown splits"):
         BenchConfig(model="m", output_dir="o", splits=["spatial", "vibes"])
     with pytest.raises(ValueError, match="dtype"):
@@ -261,3 +270,24 @@ def test_a_corrupt_line_in_the_middle_is_not_silently_dropped(tmp_path):
     with pytest.raises(ValueError, match="corrupt line"):
         load_predictions(path)
     assert path.read_text().count("\n") == 3  # untouched
+
+
+# -------------------------------------------------------------------------------------- the data engine's rows
+
+
+def test_the_data_engines_benchmark_fits_the_bench_and_its_answers_score_perfectly(tmp_path):
+    """data=null: the engine writes one row per skill; every row builds a prompt and its reference answer scores 1."""
+    root = bench_data_from_engine(tmp_path, per_skill=1, seed=0, splits=["spatial", "general"])
+    rows = select_rows(read_rows(str(root)), ["spatial", "general"], None)
+    families = {r.family for r in rows}
+    assert families == {"single_image", "multi_image", "video", "general"}
+    assert {r.split for r in rows if r.family == "general"} == {"general"}
+    for row in rows:
+        messages = build_messages(row)
+        assert sum(p["type"] == "image" for p in messages[-1]["content"]) == len(row.images) > 0
+        assert score_answer(row.conversations[-1]["value"], row.meta_info) == 1.0, row.id
+
+    shards = sorted(root.rglob("*.parquet"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    assert bench_data_from_engine(tmp_path, per_skill=1, seed=0, splits=["spatial", "general"]) == root
+    assert [p.stat().st_mtime_ns for p in shards] == stamps  # reused, not regenerated
