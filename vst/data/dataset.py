@@ -92,6 +92,10 @@ def build_dataset(
                 f"{out} already holds a dataset made with a different config ({diff}); "
                 "use a new output_dir (nothing was changed)"
             )
+    elif any(out.glob("shard-*.parquet")):
+        raise ValueError(
+            f"{out} holds shards but no manifest.json, so their config is unknown; use a new output_dir"
+        )
     for stale in out.glob("shard-*.parquet.tmp-*"):  # left by an interrupted run; never a finished shard
         stale.unlink()
 

@@ -89,6 +89,14 @@ def test_other_config_in_same_dir_is_refused(built):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
 
 
+def test_shards_without_manifest_are_refused(built, tmp_path):
+    src, _ = built
+    (tmp_path / shard_name(0)).write_bytes((src / shard_name(0)).read_bytes())
+    with pytest.raises(ValueError, match="no manifest.json"):
+        build_dataset(DataConfig(seed=5), N, tmp_path, workers=1, shard_size=SHARD, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shard_name(0)]
+
+
 def test_read_rows_via_datasets_matches_pyarrow(built, tmp_path):
     out, _ = built
     a = list(read_rows(out / shard_name(0)))
