@@ -55,6 +55,7 @@ def _robosuite_kwargs(max_steps: int) -> dict:
         ignore_done=True,
         hard_reset=False,  # keep one compiled model: a reset only rewrites the state
         initialization_noise={"magnitude": 0.02, "type": "gaussian"},
+        seed=0,  # robosuite samples Lift/Stack cube sizes once, at construction: make them the same everywhere
     )
 
 
@@ -71,10 +72,10 @@ class SimEnv(gym.Env):
         max_steps: int | None = None,
         render_mode: str = "rgb_array",
     ):
-        self.spec: SpatialTask | PlainTask = get_task(task)
+        self.task_spec: SpatialTask | PlainTask = get_task(task)
         self.task = task  # lerobot-eval reads `task` and `task_description` from every sub-env
-        self.task_description = self.spec.instruction
-        self.max_steps = max_steps or self.spec.max_steps
+        self.task_description = self.task_spec.instruction
+        self.max_steps = max_steps or self.task_spec.max_steps
         self._max_episode_steps = self.max_steps
         self.image_size = image_size
         self.render_size = render_size or image_size
@@ -94,7 +95,7 @@ class SimEnv(gym.Env):
         if expert:
             from sim.experts import make_expert
 
-            self._expert = make_expert(self._rs, self.spec, noise=expert_noise)
+            self._expert = make_expert(self._rs, self.task_spec, noise=expert_noise)
 
         image = spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8)
         obs_spaces = {
@@ -106,6 +107,7 @@ class SimEnv(gym.Env):
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), dtype=np.float32)
         self._steps = 0
+        self._ended: tuple | None = None
         self._last_frames: dict[str, np.ndarray] | None = None
         self.seed_used: int | None = None
 
@@ -113,9 +115,9 @@ class SimEnv(gym.Env):
         from sim.robosuite_envs import LiftTask, SpatialTabletop, StackTask
 
         kwargs = _robosuite_kwargs(self.max_steps)
-        if isinstance(self.spec, SpatialTask):
-            return SpatialTabletop(self.spec, **kwargs)
-        cls = {"Lift": LiftTask, "Stack": StackTask}[self.spec.robosuite_env]
+        if isinstance(self.task_spec, SpatialTask):
+            return SpatialTabletop(self.task_spec, **kwargs)
+        cls = {"Lift": LiftTask, "Stack": StackTask}[self.task_spec.robosuite_env]
         return cls(robots="Panda", **kwargs)
 
     # ----------------------------------------------------------------------------------------------- gym API
@@ -127,31 +129,33 @@ class SimEnv(gym.Env):
         # Two independent streams: the object layout, and robosuite's own (robot joint noise, Lift/Stack cubes).
         # robosuite's samplers hold a reference to env.rng, so it is reseeded in place.
         self._rs.rng.bit_generator.state = np.random.default_rng([seed, 1]).bit_generator.state
-        if isinstance(self.spec, SpatialTask):
-            self._rs.layout = self.spec.sample_layout(np.random.default_rng([seed, 0]))
+        if isinstance(self.task_spec, SpatialTask):
+            self._rs.layout = self.task_spec.sample_layout(np.random.default_rng([seed, 0]))
         obs = self._rs.reset()
         self._steps = 0
         self._initial_obj = self._object_heights()
         self._lifted: set[str] = set()
-        self._unstable = False
+        self._ended: tuple | None = None
         if self._expert is not None:
             self._expert.reset(np.random.default_rng([seed, 2]))
         return self._observation(obs), self._info(success=False)
 
     def step(self, action):
         action = self._check_action(action)
-        if self._unstable:
-            raise RuntimeError("step() after the episode ended as unstable; call reset()")
+        if self._ended is not None:
+            # A vector env keeps stepping sub-envs whose episode is over until the slowest one ends: answer
+            # from the cache instead of simulating (what LeRobot's FreezeAfterEpisodeEnd does for other envs).
+            return self._ended
         self._steps += 1
         try:
             obs, _, _, _ = self._rs.step(action)
             self._check_stable()
         except UnstableSimulation as e:
             log.warning("task %s seed %s: %s", self.task, self.seed_used, e)
-            self._unstable = True
             info = self._info(success=False)
             info["failure_reason"] = f"unstable: {e}"
-            return self._blank_observation(), 0.0, True, False, info
+            self._ended = (self._blank_observation(), 0.0, True, False, info)
+            return self._ended
         self._track_lifts()
         success = bool(self._rs._check_success())
         terminated = success
@@ -159,7 +163,10 @@ class SimEnv(gym.Env):
         info = self._info(success)
         if truncated:
             info["failure_reason"] = self.failure_reason()
-        return self._observation(obs), float(success), terminated, truncated, info
+        out = (self._observation(obs), float(success), terminated, truncated, info)
+        if terminated or truncated:
+            self._ended = out
+        return out
 
     def render(self):
         if self._video_renderer is self._renderer and self._last_frames is not None:
@@ -216,9 +223,9 @@ class SimEnv(gym.Env):
 
     def _object_bodies(self) -> dict[str, int]:
         rs = self._rs
-        if isinstance(self.spec, SpatialTask):
+        if isinstance(self.task_spec, SpatialTask):
             return rs.body_ids
-        names = {"Lift": ["cube"], "Stack": ["cubeA", "cubeB"]}[self.spec.robosuite_env]
+        names = {"Lift": ["cube"], "Stack": ["cubeA", "cubeB"]}[self.task_spec.robosuite_env]
         return {n: rs.sim.model.body_name2id(getattr(rs, n).root_body) for n in names}
 
     def _object_heights(self) -> dict[str, float]:
@@ -231,10 +238,10 @@ class SimEnv(gym.Env):
 
     def failure_reason(self) -> str:
         """Why an episode that ran out of steps failed, in words a researcher can aggregate."""
-        if not isinstance(self.spec, SpatialTask):
-            target = "cube" if self.spec.robosuite_env == "Lift" else "cubeA"
+        if not isinstance(self.task_spec, SpatialTask):
+            target = "cube" if self.task_spec.robosuite_env == "Lift" else "cubeA"
             return "target_not_lifted" if target not in self._lifted else "timeout"
-        rs, t = self._rs, self.spec
+        rs, t = self._rs, self.task_spec
         wrong = [n for n in self._lifted if n != t.target]
         if wrong:
             return f"moved_wrong_object:{','.join(sorted(wrong))}"

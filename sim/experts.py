@@ -16,6 +16,7 @@ ROT_SCALE = 0.5  # radians per unit action
 HOVER = 0.10  # above the object's top before descending
 CARRY_Z = TABLE_TOP + 0.17
 OPEN, CLOSED = -1.0, 1.0
+CARRY_SPEED = 0.5  # of the max 5 cm/step: faster and a cube held by its edges swings out of the fingers
 
 # Gripper pointing down, fingers opening along world y: the orientation robosuite's Panda starts in.
 DOWN = Rotation.from_matrix([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
@@ -25,9 +26,18 @@ class PickPlaceExpert:
     """Picks body `pick` and puts it on body `place` (or just lifts it when `place` is None)."""
 
     def __init__(
-        self, rs_env, pick: str, pick_half: np.ndarray, place: str | None, place_top: float, noise: float
+        self,
+        rs_env,
+        pick: str,
+        pick_half: np.ndarray,
+        place: str | None,
+        place_top: float,
+        noise: float,
+        obstacles: dict[str, tuple[float, float]] | None = None,
     ):
         self.rs = rs_env
+        # Other bodies (name -> footprint radius, height) the hand must not land on when it goes down to grasp.
+        self.obstacles = {rs_env.sim.model.body_name2id(n): rh for n, rh in (obstacles or {}).items()}
         self.pick_id = rs_env.sim.model.body_name2id(pick)
         self.pick_half = np.asarray(pick_half)
         self.place_id = None if place is None else rs_env.sim.model.body_name2id(place)
@@ -55,18 +65,38 @@ class PickPlaceExpert:
         yaw = Rotation.from_quat([x, y, z, w]).as_euler("xyz")[2]
         return np.array(d.body_xpos[body_id]), float(yaw)
 
-    def _grasp_yaw(self, obj_yaw: float, eef_rot: Rotation) -> float:
-        """The object's yaw modulo its 90-degree symmetry, chosen nearest to the gripper's current yaw."""
+    def _grasp_yaw(self, obj: np.ndarray, obj_yaw: float, eef_rot: Rotation) -> float:
+        """A yaw aligned with the object's faces (90-degree symmetry) whose hand footprint is free of obstacles,
+        nearest to the gripper's current yaw.
+
+        The Panda hand spans ~0.2 m along its finger axis (world y at yaw 0) about 5 cm above the fingertips:
+        grasping a cube between two mugs along the line through them would put the hand on the mugs. Objects
+        lower than that only meet the fingers (+-5 cm).
+        """
         current = (eef_rot * DOWN.inv()).as_euler("xyz")[2]
         candidates = obj_yaw + np.arange(-2, 3) * np.pi / 2
-        return float(candidates[np.argmin(np.abs(np.angle(np.exp(1j * (candidates - current)))))])
+        turn = np.abs(np.angle(np.exp(1j * (candidates - current))))
+        clash = np.zeros(len(candidates))
+        for body, (radius, height) in self.obstacles.items():
+            rel = np.asarray(self.rs.sim.data.body_xpos[body])[:2] - obj[:2]
+            reach = 0.11 if height > 2 * self.pick_half[2] + 0.01 else 0.055
+            for i, yaw in enumerate(candidates):
+                axis = np.array([-np.sin(yaw), np.cos(yaw)])
+                along, across = abs(rel @ axis), abs(rel[0] * axis[1] - rel[1] * axis[0])
+                clash[i] += max(0.0, reach + radius - along) * max(0.0, 0.045 + radius - across)
+        return float(candidates[np.lexsort((turn, np.round(clash, 5)))[0]])
 
-    def _toward(self, goal_pos: np.ndarray, goal_yaw: float, grip: float, gain: float = 1.0) -> np.ndarray:
+    def _toward(
+        self, goal_pos: np.ndarray, goal_yaw: float, grip: float, gain: float = 1.0, vmax: float = 1.0
+    ) -> np.ndarray:
+        """P-control toward a pose; translation capped in norm (not per axis) so paths stay straight."""
         pos, rot = self._eef()
         goal_rot = Rotation.from_euler("z", goal_yaw) * DOWN
         rot_err = (goal_rot * rot.inv()).as_rotvec()
         a = np.zeros(7)
-        a[:3] = np.clip(gain * (goal_pos - pos) / POS_SCALE, -1, 1)
+        move = gain * (goal_pos - pos) / POS_SCALE
+        norm = np.linalg.norm(move)
+        a[:3] = move * (vmax / norm) if norm > vmax else move
         a[3:6] = np.clip(rot_err / ROT_SCALE, -1, 1)
         a[6] = grip
         return a
@@ -94,7 +124,7 @@ class PickPlaceExpert:
         top = obj[2] + self.pick_half[2]
 
         if self.phase == "approach":
-            self.grasp_yaw = self._grasp_yaw(obj_yaw, eef_rot)
+            self.grasp_yaw = self._grasp_yaw(obj, obj_yaw, eef_rot)
             goal = np.array([obj[0], obj[1], top + HOVER])
             yaw_err = abs((Rotation.from_euler("z", self.grasp_yaw) * DOWN * eef_rot.inv()).magnitude())
             if np.linalg.norm(goal - eef) < 0.02 and yaw_err < 0.08:
@@ -121,7 +151,7 @@ class PickPlaceExpert:
                 return self._toward(eef + [0, 0, 0.05], self.grasp_yaw, OPEN)
             if eef[2] > CARRY_Z - 0.02:
                 self._go("carry" if self.place_id is not None else "hold")
-            return self._toward(goal, self.grasp_yaw, CLOSED)
+            return self._toward(goal, self.grasp_yaw, CLOSED, vmax=CARRY_SPEED)
 
         if self.phase == "hold":
             return self._toward(np.array([eef[0], eef[1], CARRY_Z]), self.grasp_yaw, CLOSED)
@@ -136,7 +166,7 @@ class PickPlaceExpert:
             goal = np.array([dest[0], dest[1], CARRY_Z])
             if np.linalg.norm(goal[:2] - eef[:2]) < 0.012:
                 self._go("lower")
-            return self._toward(goal, self.grasp_yaw, CLOSED, gain=1.5)
+            return self._toward(goal, self.grasp_yaw, CLOSED, gain=1.5, vmax=CARRY_SPEED)
 
         if self.phase == "lower":
             goal = np.array([dest[0], dest[1], release_z])
@@ -160,6 +190,11 @@ def make_expert(rs_env, task: SpatialTask | PlainTask, noise: float = 0.0) -> Pi
     if isinstance(task, SpatialTask):
         pick = rs_env.objects[task.target].root_body
         place = rs_env.objects[task.destination].root_body
+        obstacles = {
+            rs_env.objects[o.name].root_body: (o.footprint_radius, 2 * o.half_size[2])
+            for o in task.objects
+            if o.name != task.target
+        }
         return PickPlaceExpert(
             rs_env,
             pick,
@@ -167,6 +202,7 @@ def make_expert(rs_env, task: SpatialTask | PlainTask, noise: float = 0.0) -> Pi
             place,
             HALF_SIZES[task.object(task.destination).kind][2],
             noise,
+            obstacles,
         )
     if task.robosuite_env == "Lift":
         half = np.array(rs_env.cube.size)

@@ -18,9 +18,9 @@ from sim.palette import TABLE_RGBA
 from sim.render import look_at_quat
 from sim.tasks import TABLE_TOP, SpatialTask
 
-AGENTVIEW_POS = (0.62, 0.0, 1.45)
-AGENTVIEW_TARGET = (-0.08, 0.0, 0.80)
-AGENTVIEW_FOVY = 45.0
+AGENTVIEW_POS = (0.55, 0.0, 1.42)
+AGENTVIEW_TARGET = (-0.07, 0.0, 0.80)
+AGENTVIEW_FOVY = 40.0
 TABLE_SIZE = (0.8, 0.8, 0.05)
 
 

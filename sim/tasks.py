@@ -20,7 +20,7 @@ from sim.objects import ObjectSpec
 # Table-frame workspace (table centre at the origin, top at TABLE_TOP in world z). The robot base sits at -x.
 TABLE_TOP = 0.8
 ROBOT_BASE_XY = np.array([-0.56, 0.0])
-X_RANGE = (-0.2, 0.22)
+X_RANGE = (-0.24, 0.16)
 Y_RANGE = (-0.25, 0.25)
 CLEARANCE = 0.035  # gap between footprints, so the fingers fit around any graspable object
 

@@ -1,0 +1,85 @@
+"""What `sim-eval policy=...` can run: the scripted expert, a random policy, or any LeRobot checkpoint.
+
+All three look the same to the evaluator: `reset()`, `select_action(batch) -> (B, 7) tensor`, with pre/post
+processors around them, exactly how `lerobot-eval` drives a policy.
+"""
+
+import importlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sim.env import ACTION_DIM
+
+log = logging.getLogger(__name__)
+
+# Modules that register third-party LeRobot policy types, imported before reading a checkpoint's config.
+POLICY_PLUGINS = ("vla.configuration_vla",)
+
+
+class ExpertPolicy:
+    """Executes the scripted expert's action, which the env computes from privileged state (`expert=True`)."""
+
+    needs_expert = True
+
+    def reset(self) -> None:
+        pass
+
+    def select_action(self, batch: dict) -> torch.Tensor:
+        if "observation.expert_action" not in batch:
+            raise KeyError("the expert policy needs envs made with expert=True (observation.expert_action)")
+        return batch["observation.expert_action"]
+
+
+class RandomPolicy:
+    """Uniform actions in the Box: the floor every learned policy must clear."""
+
+    needs_expert = False
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def select_action(self, batch: dict) -> torch.Tensor:
+        n = len(batch["task"])
+        return torch.from_numpy(self.rng.uniform(-1.0, 1.0, (n, ACTION_DIM)).astype(np.float32))
+
+
+def _identity(x):
+    return x
+
+
+def load_policy(spec: str, device: str = "cpu", seed: int = 0):
+    """'expert' | 'random' | path to a LeRobot `pretrained_model` dir -> (policy, preprocessor, postprocessor)."""
+    if spec == "expert":
+        return ExpertPolicy(), _identity, _identity
+    if spec == "random":
+        return RandomPolicy(seed), _identity, _identity
+    path = Path(spec)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"policy={spec!r} is neither 'expert', 'random' nor a LeRobot checkpoint dir (no {path / 'config.json'})"
+        )
+    for mod in POLICY_PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    cfg = PreTrainedConfig.from_pretrained(path)
+    cfg.device = device
+    policy = get_policy_class(cfg.type).from_pretrained(path, config=cfg)
+    policy.to(device).eval()
+    pre, post = make_pre_post_processors(
+        cfg, pretrained_path=str(path), preprocessor_overrides={"device_processor": {"device": device}}
+    )
+    policy.needs_expert = False
+    log.info("loaded %s policy from %s", cfg.type, path)
+    return policy, pre, post

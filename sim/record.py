@@ -1,0 +1,234 @@
+"""`sim-record`: scripted-expert demonstrations into a LeRobotDataset (v3, local, offline).
+
+    sim-record task=spatial episodes=50 noise=0.1 workers=2 output_dir=DIR
+
+Each task is recorded by a worker process into its own shard (a complete LeRobotDataset under DIR.partial/),
+then the shards are merged into DIR with LeRobot's `aggregate_datasets`. An interrupted run resumes: finished
+shards are kept, an unfinished one is recorded again. Failed expert episodes are dropped and counted. Demos use
+training seeds (below the evaluation seed base), so no demo starts from an evaluation state.
+
+Features: observation.images.{agentview,wrist} (video), observation.state (8), action (7), task (instruction).
+"""
+
+import json
+import logging
+import multiprocessing as mp
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from sim.env import ACTION_DIM, CAMERAS, CONTROL_FREQ, STATE_DIM
+from sim.init_states import EVAL_SEED_BASE
+from sim.report import write_json
+from sim.tasks import resolve_tasks
+
+log = logging.getLogger(__name__)
+
+SEEDS_PER_RUN_SEED = 20_000  # run seed s records every task from training seeds s*20000, s*20000 + 1, ...
+ROBOT_TYPE = "panda_osc_pose"
+
+
+def dataset_features(image_size: int) -> dict:
+    feats = {
+        f"observation.images.{cam}": {
+            "dtype": "video",
+            "shape": (image_size, image_size, 3),
+            "names": ["height", "width", "channels"],
+        }
+        for cam in CAMERAS
+    }
+    feats["observation.state"] = {
+        "dtype": "float32",
+        "shape": (STATE_DIM,),
+        "names": ["eef_x", "eef_y", "eef_z", "eef_rx", "eef_ry", "eef_rz", "finger_left", "finger_right"],
+    }
+    feats["action"] = {
+        "dtype": "float32",
+        "shape": (ACTION_DIM,),
+        "names": ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
+    }
+    return feats
+
+
+def record_task(
+    task: str,
+    episodes: int,
+    first_seed: int,
+    noise: float,
+    image_size: int,
+    root: Path,
+    repo_id: str,
+    progress=None,
+) -> dict:
+    """Record `episodes` successful expert episodes of one task into a fresh LeRobotDataset at `root`."""
+    import gymnasium as gym
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    import sim  # noqa: F401  (registers the gym ids)
+
+    env = gym.make(f"sim/{task}-v0", image_size=image_size, expert=True, expert_noise=noise)
+    ds = LeRobotDataset.create(
+        repo_id=repo_id,
+        root=root,
+        fps=CONTROL_FREQ,
+        features=dataset_features(image_size),
+        robot_type=ROBOT_TYPE,
+    )
+    recorded, failed, seeds, reasons = 0, 0, [], {}
+    seed = first_seed
+    max_attempts = 3 * episodes + 20
+    if first_seed + max_attempts > EVAL_SEED_BASE or max_attempts > SEEDS_PER_RUN_SEED:
+        raise ValueError(
+            f"{episodes} episodes from run seed {first_seed // SEEDS_PER_RUN_SEED} would reach other runs' or the "
+            f"evaluation states (seeds >= {EVAL_SEED_BASE}); use seed < {EVAL_SEED_BASE // SEEDS_PER_RUN_SEED - 1} "
+            f"and episodes <= {(SEEDS_PER_RUN_SEED - 20) // 3} per task"
+        )
+    while recorded < episodes:
+        if seed - first_seed >= max_attempts:
+            raise RuntimeError(
+                f"{task}: only {recorded}/{episodes} successes in {max_attempts} expert attempts"
+            )
+        if seed >= EVAL_SEED_BASE:
+            raise ValueError(
+                f"training seeds for {task} reached the evaluation range ({EVAL_SEED_BASE}); lower seed="
+            )
+        obs, info = env.reset(seed=seed)
+        instruction = env.unwrapped.task_description
+        while True:
+            action = obs["expert_action"]
+            frame = {f"observation.images.{cam}": obs["pixels"][cam] for cam in CAMERAS}
+            frame["observation.state"] = obs["agent_pos"]
+            frame["action"] = action.astype(np.float32)
+            frame["task"] = instruction
+            ds.add_frame(frame)
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+        if info["is_success"]:
+            ds.save_episode()
+            recorded += 1
+            seeds.append(seed)
+            if progress is not None:
+                progress.put(1)
+        else:
+            ds.clear_episode_buffer()
+            failed += 1
+            reasons[info["failure_reason"]] = reasons.get(info["failure_reason"], 0) + 1
+        seed += 1
+    ds.finalize()
+    env.close()
+    report = {
+        "task": task,
+        "episodes": recorded,
+        "failed_attempts": failed,
+        "failure_reasons": reasons,
+        "seeds": seeds,
+    }
+    write_json(root / "DONE.json", report)
+    return report
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()  # LeRobot creates the root itself
+    elif out.exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} exists and is not empty; choose another output_dir, or pass overwrite=true "
+                "(the old directory is moved aside, never deleted)"
+            )
+        aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        log.warning("moved the existing %s to %s", out, aside)
+
+
+def record(cfg: DictConfig) -> dict:
+    out = Path(cfg.output_dir)
+    tasks = resolve_tasks(cfg.task)
+    _prepare_output(out, cfg.overwrite)
+    partial = out.with_name(out.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    settings = {k: cfg[k] for k in ("episodes", "noise", "image_size", "seed")} | {"tasks": tasks}
+    settings_path = partial / "settings.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+        raise ValueError(
+            f"{partial} holds an interrupted recording with other settings {json.loads(settings_path.read_text())}; "
+            f"rerun with those, or delete {partial}"
+        )
+    write_json(settings_path, settings)
+
+    reports, jobs = {}, []
+    for task in tasks:
+        shard = partial / task
+        if (shard / "DONE.json").exists():
+            reports[task] = json.loads((shard / "DONE.json").read_text())
+            log.info("%s: kept finished shard (%d episodes)", task, reports[task]["episodes"])
+            continue
+        if shard.exists():
+            shutil.rmtree(shard)  # an interrupted shard of our own: redo it whole
+        first_seed = cfg.seed * SEEDS_PER_RUN_SEED
+        jobs.append(
+            (task, cfg.episodes, first_seed, cfg.noise, cfg.image_size, shard, f"{cfg.repo_id}_{task}")
+        )
+
+    total = sum(j[1] for j in jobs)
+    t0 = time.perf_counter()
+    if jobs:
+        ctx = mp.get_context("forkserver")
+        with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+            progress = manager.Queue()
+            futures = {pool.submit(record_task, *job, progress): job[0] for job in jobs}
+            with tqdm(total=total, unit="ep", desc="sim-record", dynamic_ncols=True) as bar:
+                while bar.n < total and not all(f.done() for f in futures):
+                    try:
+                        bar.update(progress.get(timeout=1.0))
+                    except Exception as timeout:
+                        for f in futures:
+                            if f.done() and f.exception() is not None:
+                                raise f.exception() from timeout
+            for f, task in futures.items():
+                reports[task] = f.result()
+    elapsed = time.perf_counter() - t0
+
+    from lerobot.datasets.aggregate import aggregate_datasets
+
+    aggregate_datasets(
+        repo_ids=[f"{cfg.repo_id}_{t}" for t in tasks],
+        aggr_repo_id=cfg.repo_id,
+        roots=[partial / t for t in tasks],
+        aggr_root=out,
+    )
+    summary = {
+        "dataset": str(out),
+        "repo_id": cfg.repo_id,
+        "tasks": {t: reports[t] for t in tasks},
+        "episodes": sum(r["episodes"] for r in reports.values()),
+        "failed_attempts": sum(r["failed_attempts"] for r in reports.values()),
+        "record_seconds": round(elapsed, 1),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_json(out / "meta" / "sim_record.json", summary)
+    shutil.rmtree(partial)
+    log.info(
+        "recorded %d episodes (%d failed expert attempts dropped) in %.0fs",
+        summary["episodes"],
+        summary["failed_attempts"],
+        elapsed,
+    )
+    return summary
+
+
+@hydra.main(
+    config_path=str(Path(__file__).resolve().parents[1] / "configs"),
+    config_name="sim_record",
+    version_base="1.3",
+)
+def main(cfg: DictConfig) -> None:
+    record(cfg)
+    print(f"sim-record: wrote {Path(cfg.output_dir).resolve()}")

@@ -1,0 +1,126 @@
+"""Statistics and figures for closed-loop results: Wilson intervals, paired McNemar tests, bar charts, Markdown.
+
+Success rates over 50 episodes carry +-13 points of uncertainty; every figure we print carries its interval so
+that a difference is never read off two bare percentages.
+"""
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval for a binomial proportion (well-behaved at 0% and 100%, unlike Wald)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> dict:
+    """Exact (binomial) McNemar test on paired outcomes of two policies over the same initial states.
+
+    Only discordant pairs carry information: b01 = a failed where b succeeded, b10 = the reverse.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes must have equal length, got {len(a)} and {len(b)}")
+    b10 = sum(1 for x, y in zip(a, b) if x and not y)
+    b01 = sum(1 for x, y in zip(a, b) if y and not x)
+    n = b10 + b01
+    if n == 0:
+        p = 1.0
+    else:
+        k = min(b10, b01)
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        p = min(1.0, 2 * tail)
+    return {"a_only": b10, "b_only": b01, "discordant": n, "p_value": p}
+
+
+def summarize(episodes: list[dict]) -> dict:
+    """Per-task and overall success with Wilson intervals, failure reasons, mean steps."""
+    tasks: dict[str, list[dict]] = {}
+    for ep in episodes:
+        tasks.setdefault(ep["task"], []).append(ep)
+    per_task = {}
+    for name, eps in tasks.items():
+        k, n = sum(e["success"] for e in eps), len(eps)
+        lo, hi = wilson(k, n)
+        per_task[name] = {
+            "episodes": n,
+            "successes": k,
+            "success_rate": k / n,
+            "ci95": [lo, hi],
+            "mean_steps": float(np.mean([e["steps"] for e in eps])),
+            "failure_reasons": dict(Counter(e["failure_reason"] for e in eps if not e["success"])),
+        }
+    k = sum(e["success"] for e in episodes)
+    n = len(episodes)
+    lo, hi = wilson(k, n)
+    return {
+        "overall": {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "ci95": [lo, hi]},
+        "tasks": per_task,
+    }
+
+
+def markdown_table(summary: dict, title: str) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        "| task | success | 95% CI (Wilson) | episodes | mean steps | top failure |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, t in summary["tasks"].items():
+        reasons = t["failure_reasons"]
+        top = (
+            max(reasons, key=reasons.get) + f" ({reasons[max(reasons, key=reasons.get)]})" if reasons else "-"
+        )
+        lines.append(
+            f"| {name} | {100 * t['success_rate']:.1f}% | {100 * t['ci95'][0]:.1f}-{100 * t['ci95'][1]:.1f} "
+            f"| {t['episodes']} | {t['mean_steps']:.0f} | {top} |"
+        )
+    o = summary["overall"]
+    lines.append(
+        f"| **overall** | **{100 * o['success_rate']:.1f}%** | {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f} "
+        f"| {o['episodes']} | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(series: dict[str, dict], path: Path, title: str) -> None:
+    """Grouped bars of per-task success (one group per task, one bar per series) with Wilson error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(next(iter(series.values()))["tasks"])
+    width = 0.8 / len(series)
+    x = np.arange(len(names) + 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(x) + 2), 4))
+    for i, (label, summ) in enumerate(series.items()):
+        rows = [summ["tasks"][n] for n in names] + [summ["overall"]]
+        rate = np.array([r["success_rate"] for r in rows]) * 100
+        lo = rate - np.array([r["ci95"][0] for r in rows]) * 100
+        hi = np.array([r["ci95"][1] for r in rows]) * 100 - rate
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, rate, width, yerr=[lo, hi], capsize=2, label=label)
+    ax.set_xticks(x, [*names, "overall"], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(path: Path, obj) -> None:
+    """Write atomically: a reader never sees half a file, an interruption never truncates an old one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,42 @@
+import pytest
+
+from sim.report import mcnemar, summarize, wilson
+
+
+def test_wilson_known_values():
+    lo, hi = wilson(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3)
+    assert hi == pytest.approx(0.9433, abs=1e-3)
+    lo, hi = wilson(0, 50)
+    assert lo == 0.0 and hi == pytest.approx(0.0713, abs=1e-3)
+    lo, hi = wilson(50, 50)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.9287, abs=1e-3)
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_mcnemar_exact():
+    # 10 discordant pairs all favouring b: two-sided exact p = 2 / 2**10
+    a = [False] * 10 + [True] * 5
+    b = [True] * 10 + [True] * 5
+    r = mcnemar(a, b)
+    assert (r["a_only"], r["b_only"]) == (0, 10)
+    assert r["p_value"] == pytest.approx(2 / 1024)
+    # balanced discordance: no evidence
+    r = mcnemar([True, False] * 5, [False, True] * 5)
+    assert r["p_value"] == 1.0
+    assert mcnemar([True], [True])["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        mcnemar([True], [True, False])
+
+
+def test_summarize():
+    eps = [
+        {"task": "a", "success": True, "steps": 10, "failure_reason": None},
+        {"task": "a", "success": False, "steps": 20, "failure_reason": "target_not_lifted"},
+        {"task": "b", "success": False, "steps": 30, "failure_reason": "target_not_lifted"},
+    ]
+    s = summarize(eps)
+    assert s["overall"]["successes"] == 1 and s["overall"]["episodes"] == 3
+    assert s["tasks"]["a"]["success_rate"] == 0.5
+    assert s["tasks"]["b"]["failure_reasons"] == {"target_not_lifted": 1}
+    assert s["tasks"]["a"]["mean_steps"] == 15
