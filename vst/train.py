@@ -1,7 +1,43 @@
-"""`vst-train`: placeholder until issue #4 lands; the console script name is stable from now on."""
+"""`vst-train stage=pretrain|sft|cot|rl model=PRESET_OR_PATH data=ROWS output_dir=DIR`: one stage of the pipeline.
 
-import sys
+pretrain, sft and cot are the same supervised loop (vst/sft.py) with different rows and learning rates
+(configs/stage/); rl is GRPO (vst/rl.py). Runs alone or data-parallel under
+`accelerate launch --multi_gpu --num_processes N -m vst.train ...` (also on a CPU-only machine, where the
+processes use gloo DDP; accelerate's `--cpu` flag starts a single process). Rerunning with the same output_dir
+resumes from its last checkpoint.
+"""
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+SUPERVISED_STAGES = ("pretrain", "sft", "cot")
 
 
-def main() -> None:
-    sys.exit("vst-train: not implemented yet (tracked in issue #4)")
+def sft_config(cfg: DictConfig):
+    """The composed hydra config as the checked dataclass (unknown keys and bad values fail here, by name)."""
+    from vst.sft import SFTConfig
+
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(raw["data"], str):
+        raw["data"] = [raw["data"]]
+    schema = OmegaConf.structured(SFTConfig)
+    return OmegaConf.to_object(OmegaConf.merge(schema, raw))
+
+
+@hydra.main(config_path="../configs", config_name="vst_train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    if cfg.stage == "rl":
+        raise SystemExit("vst-train: stage rl not implemented yet (GRPO lands in vst/rl.py)")
+    if cfg.stage not in SUPERVISED_STAGES:
+        raise SystemExit(
+            f"vst-train: unknown stage {cfg.stage!r}; use one of {', '.join(SUPERVISED_STAGES)}, rl"
+        )
+    from vst.sft import train
+
+    summary = train(sft_config(cfg))
+    if summary["main_process"]:
+        print(f"vst-train: stage {cfg.stage} wrote {summary['model']} ({summary['steps']} steps)")
+
+
+if __name__ == "__main__":
+    main()

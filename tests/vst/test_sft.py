@@ -1,0 +1,200 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+from sft_rows import make_rows, write_rows
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import vst.sft as S
+from vst.train import sft_config
+
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+FAST = ["train.pack_tokens=384", "train.max_seq_len=256", "train.log_every=1", "train.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rows")
+    rows = make_rows(10, 0, "perception") + make_rows(6, 1, "general") + make_rows(6, 2, "spatial_thought")
+    return write_rows(rows, d / "train.parquet")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def config(stage, data, out, cache, *overrides):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose(
+            "vst_train",
+            [f"stage={stage}", f"data={data}", f"output_dir={out}", f"cache_dir={cache}", *FAST, *overrides],
+        )
+    return sft_config(cfg)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "cot"])
+def test_each_stage_trains_and_reloads(stage, data, cache, tmp_path):
+    summary = S.train(config(stage, data, tmp_path, cache, "train.max_steps=2"))
+    assert summary["steps"] == 2 and Path(summary["model"]) == tmp_path / "model"
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2] and all(r["tokens_per_s"] > 0 for r in lines)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "model")
+    processor = AutoProcessor.from_pretrained(tmp_path / "model")
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "Where is the red cube?"}]}],
+        tokenize=True, return_dict=True, return_tensors="pt", add_generation_prompt=True,
+    )  # fmt: skip
+    assert model.generate(**prompt, max_new_tokens=3).shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_stage_rows_and_learning_rates(data, cache, tmp_path):
+    cot = config("cot", data, tmp_path, cache)
+    assert cot.row_types == ["spatial_thought", "general_thought"] and (
+        cot.train.lr,
+        cot.train.lr_vision,
+    ) == (1e-3, 1e-6)
+    rows = S.load_rows(cot.data, cot.row_types)
+    assert len(rows) == 6 and all(r["conversations"][1]["value"].startswith("<think>") for r in rows)
+    with pytest.raises(ValueError, match="no rows of types"):
+        S.load_rows(cot.data, ["rl"])
+
+
+def test_labels_cover_only_assistant_turns(cache):
+    from vst.backbone import build_backbone
+
+    model, processor = build_backbone("tiny", cache_dir=cache)
+    row = make_rows(1)[0]
+    s = S.encode_row(row, processor, model.model.get_rope_index)
+    learned = s["input_ids"][1:][s["targets"][:-1] != S.IGNORE]
+    assert processor.tokenizer.decode(learned) == row["conversations"][1]["value"] + "<|im_end|>"
+    assert len(s["input_ids"]) == S.row_length(row, processor)  # the cheap planning length is exact
+
+
+def test_param_groups_freezing_and_lora(data, cache, tmp_path):
+    from vst.backbone import build_backbone
+
+    model, _ = build_backbone("tiny", cache_dir=cache)
+    t = S.TrainConfig(lr=1.0, lr_vision=2.0, lr_merger=3.0)
+    groups = {g["name"]: g for g in S.param_groups(S.prepare_model(model, t), t)}
+    assert {k: g["lr"] for k, g in groups.items()} == {"llm": 1.0, "vision": 2.0, "merger": 3.0}
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == model.num_parameters()
+    frozen = S.TrainConfig(freeze_vision=True, freeze_merger=True)
+    assert [g["name"] for g in S.param_groups(S.prepare_model(model, frozen), frozen)] == ["llm"]
+    # LoRA on the LLM with the vision tower frozen: the saved checkpoint is a plain merged model
+    cfg = config(
+        "sft",
+        data,
+        tmp_path,
+        cache,
+        "train.max_steps=1",
+        "train.lora.enabled=true",
+        "train.freeze_vision=true",
+    )
+    S.train(cfg)
+    before = load_file(next(Path(cache).glob("tiny-*/model.safetensors")))
+    after = load_file(tmp_path / "model" / "model.safetensors")
+    assert before.keys() == after.keys()  # no adapter keys left
+    vision = [k for k in before if k.startswith("model.visual.") and not k.startswith("model.visual.merger.")]
+    assert len(vision) > 20 and all(torch.equal(before[k], after[k]) for k in vision)
+    q = "model.layers.0.self_attn.q_proj.weight"  # LoRA-adapted, merged on save
+    assert not torch.equal(before[q], after[q])
+    with pytest.raises(ValueError, match="cannot be combined with freeze_llm"):
+        config("sft", data, tmp_path, cache, "train.lora.enabled=true", "train.freeze_llm=true")
+
+
+def test_resume_continues_where_it_stopped(data, cache, tmp_path):
+    S.train(config("sft", data, tmp_path, cache, "train.max_steps=2", "train.save_every=1"))
+    uninterrupted = load_file(tmp_path / "model" / "model.safetensors")
+    shutil.rmtree(tmp_path / "model")  # as if killed right after the step-1 checkpoint
+    shutil.rmtree(tmp_path / "checkpoints" / "step-00000002")
+    (tmp_path / "metrics.jsonl").write_text("")
+    summary = S.train(config("sft", data, tmp_path, cache, "train.max_steps=2", "train.save_every=1"))
+    assert summary["steps"] == 2
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+        2
+    ]  # only 2 ran
+    resumed = load_file(tmp_path / "model" / "model.safetensors")
+    assert all(
+        torch.equal(uninterrupted[k], resumed[k]) for k in resumed
+    )  # same data order and optimizer state
+    with pytest.raises(ValueError, match="checkpoints of a different run.*seed"):
+        S.train(config("sft", data, tmp_path, cache, "train.max_steps=2", "train.seed=1"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, cache, tmp_path, monkeypatch):
+    real, calls = S.token_loss_sum, []
+
+    def poisoned(model, batch):
+        calls.append(1)
+        loss = real(model, batch)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(S, "token_loss_sum", poisoned)
+    with pytest.raises(S.NonFiniteLoss, match=r"loss became nan at step 2.*step-00000001"):
+        S.train(config("sft", data, tmp_path, cache, "train.max_steps=3", "train.save_every=1"))
+    assert [p.name for p in S.checkpoints(tmp_path)] == ["step-00000001"] and not (
+        tmp_path / "model"
+    ).exists()
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "checkpoints" / "step-00000001" / "model")
+
+
+def test_bad_rows_fail_clearly_and_long_rows_are_dropped(cache, tmp_path):
+    rows = make_rows(4)
+    rows[2]["images"] = rows[2]["images"][:0]  # placeholders without images
+    with pytest.raises(ValueError, match=r"row perception-0-2: 1 <image> placeholders but 0 images"):
+        S.row_messages(rows[2])
+    with pytest.raises(ValueError, match="unknown speaker"):
+        S.row_messages(
+            rows[3] | {"conversations": [{"from": "bot", "value": "x"}, {"from": "gpt", "value": "y"}]}
+        )
+    with pytest.raises(ValueError, match="no non-empty gpt turn"):
+        S.row_messages(rows[3] | {"conversations": rows[3]["conversations"][:1]})
+    bad = write_rows(make_rows(4) + [rows[2]], tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="perception-0-2"):
+        S.train(config("sft", bad, tmp_path / "o1", cache, "train.max_steps=1"))
+    long = make_rows(6)
+    long[0]["conversations"][0]["value"] += " very long" * 200
+    path = write_rows(long, tmp_path / "long.parquet")
+    summary = S.train(config("sft", path, tmp_path / "o2", cache, "train.max_steps=1"))
+    assert summary["dropped"] == 1
+    with pytest.raises(ValueError, match="pack_tokens=128 must be >= max_seq_len=256"):
+        config("sft", path, tmp_path, cache, "train.pack_tokens=128")
+
+
+def test_packing_off_trains_the_same_samples(data, cache, tmp_path):
+    summary = S.train(
+        config("sft", data, tmp_path, cache, "train.packing=false", "train.batch_size=4", "train.max_steps=1")
+    )
+    assert summary["steps"] == 1 and summary["samples_per_s"] > 0
+
+
+def run(args, **kw):
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kw)
+
+
+def test_cli_rl_stage_is_not_there_yet(data, tmp_path):
+    r = run([sys.executable, "-m", "vst.train", "stage=rl", f"data={data}", f"output_dir={tmp_path}"])
+    assert r.returncode != 0 and "stage rl not implemented yet" in r.stderr
+
+
+def test_accelerate_two_processes(data, cache, tmp_path):
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vst.train"]
+    args = ["stage=sft", "model=tiny", f"data={data}", f"output_dir={tmp_path}", f"cache_dir={cache}", *FAST]
+    r = run([*launch, *args, "train.max_steps=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (
+        "2 process(es)" in r.stdout and r.stdout.count("vst-train: stage sft wrote") == 1
+    )  # hydra logs to stdout
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "model")
+    AutoProcessor.from_pretrained(tmp_path / "model")
