@@ -186,9 +186,34 @@ def _corpus_lines(rng: random.Random, n: int) -> list[str]:
     return [rng.choice(templates)() for _ in range(n)]
 
 
-def build_corpus(n_lines: int = 20_000, seed: int = 0) -> list[str]:
-    """The deterministic training text for the shipped tokenizer."""
-    return _corpus_lines(random.Random(seed), n_lines)
+def engine_lines(n_rows: int, seed: int = 0) -> list[str]:
+    """Every turn of `n_rows` rows from the data engine (all row types in equal shares, so CoT traces, RL
+    prompts and general rows weigh as much as VST-P perception), i.e. the exact text the tiny models train on."""
+    # renders scenes: imported here because only rebuilding the asset needs it
+    from vst.data.generate import DataConfig, generate_rows
+
+    cfg = DataConfig(seed=seed, row_mix={"perception": 1, "cot": 1, "rl": 1, "general": 1})
+    return [turn["value"] for row in generate_rows(cfg, range(n_rows)) for turn in row["conversations"]]
+
+
+def robot_lines(rng: random.Random, n: int) -> list[str]:
+    """The VLA's prompts: the sim tasks' instructions in OpenVLA's question, with a signed robot state."""
+    from sim.tasks import TASKS
+
+    instructions = [t.instruction for t in TASKS.values()]
+    state = lambda: " ".join(f"{rng.uniform(-1, 1):+.2f}" for _ in range(rng.choice([7, 8, 9])))  # noqa: E731
+    return [
+        f"What action should the robot take to {rng.choice(instructions)}?"
+        + (f" Robot state: {state()}" if k % 2 else "")
+        for k in range(n)
+    ]
+
+
+def build_corpus(n_rows: int = 3000, n_template_lines: int = 20_000, seed: int = 0) -> list[str]:
+    """The deterministic training text for the shipped tokenizer: data-engine rows, robot prompts and broader
+    templated text (so words the engine does not use yet still get sensible pieces)."""
+    rng = random.Random(seed)
+    return engine_lines(n_rows, seed) + robot_lines(rng, 2000) + _corpus_lines(rng, n_template_lines)
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:
