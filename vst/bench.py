@@ -53,6 +53,7 @@ class BenchConfig:
     device: str = "auto"
     dtype: str = "auto"
     system_prompt: str | None = None
+    cpu_threads: int | None = None  # torch intra-op threads on the CPU; None keeps torch's default
     bench_data_dir: str = "outputs/vst-bench/data"  # data=null: where the data engine writes the benchmark
     bench_per_skill: int = 50
     bench_seed: int = 0
@@ -62,6 +63,8 @@ class BenchConfig:
             raise ValueError(f"unknown splits {sorted(unknown)}; choose from {list(SPLITS)}")
         if self.batch_size < 1 or self.max_new_tokens < 1 or (self.limit is not None and self.limit < 1):
             raise ValueError("batch_size, max_new_tokens and limit must be positive")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be positive or null, got {self.cpu_threads}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
 
@@ -309,16 +312,19 @@ def write_chart(summary: dict, model: str, path: Path) -> None:
     for ax, (split, result) in zip(axes[:, 0], summary.items()):
         names = list(result["skills"])
         entries = list(result["skills"].values())
-        ax.barh(
+        bars = ax.barh(
             names, [e["score"] for e in entries], color=[colors.get(e["family"], "gray") for e in entries]
         )
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        for family in dict.fromkeys(e["family"] for e in entries):  # legend entries only
+            ax.barh([names[0]], [0], color=colors.get(family, "gray"), label=family)
         ax.axvline(result["overall"], color="black", linestyle="--", label=f"overall {result['overall']:.1f}")
         ax.set_xlim(0, 100)
         ax.invert_yaxis()
         ax.set_title(f"{split} split")
         ax.set_xlabel("score (%)")
         ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"vst-bench: {Path(model).name or model}", fontsize=10)
+    fig.suptitle(f"vst-bench: {model}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -360,6 +366,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     speed = {}
     if todo:
+        if cfg.cpu_threads:
+            torch.set_num_threads(cfg.cpu_threads)
         model, processor = load_model(checkpoint, cfg.device, cfg.dtype)
         # Similar prompts batch together: fewer pad tokens, and image-free rows never share a batch with images.
         todo.sort(

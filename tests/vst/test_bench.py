@@ -262,6 +262,8 @@ def test_bad_files_and_config(tmp_path):
         BenchConfig(model="m", output_dir="o", splits=["spatial", "vibes"])
     with pytest.raises(ValueError, match="dtype"):
         BenchConfig(model="m", output_dir="o", dtype="int8")
+    with pytest.raises(ValueError, match="cpu_threads"):
+        BenchConfig(model="m", output_dir="o", cpu_threads=0)
 
 
 def test_a_corrupt_line_in_the_middle_is_not_silently_dropped(tmp_path):
