@@ -39,6 +39,9 @@ SPLITS = ("spatial", "general")
 FAMILIES = ("single_image", "multi_image", "video", "general")
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+# Plain greedy decoding with the KV cache for every model: a checkpoint's own generation defaults (Qwen2.5-VL-Instruct
+# ships repetition_penalty=1.05 and sampling settings) would otherwise make models decode differently.
+GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "use_cache": True}
 
 
 @dataclass
@@ -124,6 +127,13 @@ def select_rows(rows: Iterable[dict], splits: list[str], limit: int | None) -> l
             continue
         if row_id in seen:
             raise ValueError(f"duplicate row id {row_id!r}: results are keyed by id")
+        n_placeholders = sum(
+            str(t.get("value", "")).count(IMAGE_PLACEHOLDER) for t in _prompt_turns(raw["conversations"])
+        )
+        if n_placeholders != len(raw.get("images") or []):
+            raise ValueError(
+                f"row {row_id}: {n_placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(raw.get('images') or [])} images"
+            )
         seen.add(row_id)
         per_skill[split, skill] += 1
         meta_info = raw["meta_info"] if isinstance(raw["meta_info"], str) else json.dumps(raw["meta_info"])
@@ -134,11 +144,7 @@ def select_rows(rows: Iterable[dict], splits: list[str], limit: int | None) -> l
 
 def build_messages(row: BenchRow, system_prompt: str | None = None) -> list[dict]:
     """Chat messages for the prompt: every turn but the final answer, images in place of their placeholders."""
-    turns = (
-        row.conversations[:-1]
-        if row.conversations and row.conversations[-1].get("from") == "gpt"
-        else row.conversations
-    )
+    turns = _prompt_turns(row.conversations)
     n_placeholders = sum(str(t.get("value", "")).count(IMAGE_PLACEHOLDER) for t in turns)
     if n_placeholders != len(row.images):
         raise ValueError(
@@ -159,6 +165,11 @@ def build_messages(row: BenchRow, system_prompt: str | None = None) -> list[dict
                 content.append({"type": "text", "text": text.strip()})
         messages.append({"role": ROLES[turn["from"]], "content": content})
     return messages
+
+
+def _prompt_turns(conversations: list[dict]) -> list[dict]:
+    """Every turn but a final gpt turn (the reference answer)."""
+    return conversations[:-1] if conversations and conversations[-1].get("from") == "gpt" else conversations
 
 
 def _decode_image(data: bytes, row_id: str) -> Image.Image:
@@ -201,11 +212,7 @@ def generate(model, processor, messages: list[list[dict]], max_new_tokens: int) 
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     output = model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        use_cache=True,
-        pad_token_id=processor.tokenizer.pad_token_id,
+        **inputs, **GREEDY, max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id
     )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     stop_ids = _stop_token_ids(model, processor)
@@ -405,7 +412,9 @@ def run_bench(cfg: BenchConfig) -> dict:
             "device": str(getattr(model, "device", cfg.device)),
         }
 
-    summary = summarize([done[r.id] for r in rows])
+    # Re-scored from the stored outputs on every run, so a resumed run and a fixed scorer agree with a fresh one.
+    records = [dict(done[r.id], score=score_answer(done[r.id]["output"], r.meta_info)) for r in rows]
+    summary = summarize(records)
     results = {"model": cfg.model, "checkpoint": checkpoint, "data": data, "splits": summary, "speed": speed}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_markdown(summary, cfg.model, out / "results.md")

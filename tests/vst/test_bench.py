@@ -167,6 +167,13 @@ def test_scores_and_means_with_perfect_and_partly_wrong_answers(tmp_path, monkey
     assert results["splits"]["general"]["overall"] == 100.0
     assert max(calls) <= 3 and sum(calls) == len(rows)
 
+    # Stored scores are not trusted on resume: the outputs are re-scored, so a stale score changes nothing.
+    predictions = tmp_path / "out" / "predictions.jsonl"
+    stale = [dict(json.loads(line), score=0.0) for line in predictions.read_text().splitlines()]
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    again = run_bench(BenchConfig(model="test/fake-model", data=str(data), output_dir=str(tmp_path / "out")))
+    assert again["splits"] == results["splits"] and sum(calls) == len(rows)
+
 
 def test_resume_keeps_written_rows_and_repairs_a_torn_line(tiny_model, tmp_path, monkeypatch):
     data = write_parquet(make_rows(1), tmp_path / "bench.parquet")
@@ -238,6 +245,10 @@ def test_bad_rows_raise_errors_naming_the_row():
     wrong_count = dict(rows[0], id="bad-count", images=[])
     with pytest.raises(ValueError, match="bad-count: 1 <image> placeholders but 0 images"):
         build_messages(select_rows(iter([wrong_count]), ["spatial"], None)[0])
+    selected = select_rows(iter(rows[:1]), ["spatial"], None)[0]
+    selected.images = selected.images + selected.images
+    with pytest.raises(ValueError, match="1 <image> placeholders but 2 images"):
+        build_messages(selected)
     corrupt = dict(rows[0], id="bad-image", images=[b"\x89PNG not really"])
     with pytest.raises(ValueError, match="bad-image: an image does not decode"):
         build_messages(select_rows(iter([corrupt]), ["spatial"], None)[0])
