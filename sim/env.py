@@ -72,30 +72,13 @@ class SimEnv(gym.Env):
         max_steps: int | None = None,
         render_mode: str = "rgb_array",
     ):
-        self.task_spec: SpatialTask | PlainTask = get_task(task)
-        self.task = task  # lerobot-eval reads `task` and `task_description` from every sub-env
-        self.task_description = self.task_spec.instruction
-        self.max_steps = max_steps or self.task_spec.max_steps
-        self._max_episode_steps = self.max_steps
         self.image_size = image_size
         self.render_size = render_size or image_size
         self.render_mode = render_mode
-        self._rs = self._make_robosuite_env()
-        self._model: mujoco.MjModel = self._rs.sim.model._model
-        self._data: mujoco.MjData = self._rs.sim.data._data
-        simplify_robot_visuals(self._model)
-        self._renderer = CameraRenderer(self._model, image_size, image_size)
-        self._video_renderer = (
-            self._renderer
-            if self.render_size == image_size
-            else CameraRenderer(self._model, self.render_size, self.render_size)
-        )
         self.with_expert = expert
-        self._expert = None
-        if expert:
-            from sim.experts import make_expert
-
-            self._expert = make_expert(self._rs, self.task_spec, noise=expert_noise)
+        self.expert_noise = expert_noise
+        self._max_steps_override = max_steps
+        self._load_task(task)
 
         image = spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8)
         obs_spaces = {
@@ -111,6 +94,26 @@ class SimEnv(gym.Env):
         self._last_frames: dict[str, np.ndarray] | None = None
         self.seed_used: int | None = None
 
+    def _load_task(self, task: str) -> None:
+        """Build the robosuite env, renderers and expert of `task` (also to switch a live env to another task)."""
+        self.task_spec: SpatialTask | PlainTask = get_task(task)
+        self.task = task  # lerobot-eval reads `task` and `task_description` from every sub-env
+        self.task_description = self.task_spec.instruction
+        self.max_steps = self._max_steps_override or self.task_spec.max_steps
+        self._max_episode_steps = self.max_steps
+        self._rs = self._make_robosuite_env()
+        self._model: mujoco.MjModel = self._rs.sim.model._model
+        self._data: mujoco.MjData = self._rs.sim.data._data
+        simplify_robot_visuals(self._model)
+        size, video = self.image_size, self.render_size
+        self._renderer = CameraRenderer(self._model, size, size)
+        self._video_renderer = self._renderer if video == size else CameraRenderer(self._model, video, video)
+        self._expert = None
+        if self.with_expert:
+            from sim.experts import make_expert
+
+            self._expert = make_expert(self._rs, self.task_spec, noise=self.expert_noise)
+
     def _make_robosuite_env(self):
         from sim.robosuite_envs import LiftTask, SpatialTabletop, StackTask
 
@@ -122,7 +125,11 @@ class SimEnv(gym.Env):
 
     # ----------------------------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """`options={"task": name}` switches this env to another task first: worker processes are reused."""
         super().reset(seed=seed)
+        if options and options.get("task", self.task) != self.task:
+            self.close()
+            self._load_task(options["task"])
         if seed is None:
             seed = int(self.np_random.integers(0, 2**31 - 1))
         self.seed_used = seed
@@ -177,6 +184,7 @@ class SimEnv(gym.Env):
         self._renderer.close()
         if self._video_renderer is not self._renderer:
             self._video_renderer.close()
+        self._rs.close()
 
     # -------------------------------------------------------------------------------------------- internals
     def _check_action(self, action) -> np.ndarray:
@@ -254,3 +262,9 @@ class SimEnv(gym.Env):
         if rs.is_grasping(t.target):
             return "holding_target_at_timeout"
         return "target_not_placed"
+
+
+def make_env(task: str, **kwargs) -> gym.Env:
+    """`gym.make` of a suite task; a picklable factory for vector-env worker processes (importing this module
+    registers the ids there too)."""
+    return gym.make(f"sim/{task}-v0", **kwargs)

@@ -3,7 +3,8 @@
     sim-eval policy=expert|random|CHECKPOINT_DIR task=NAME|spatial|plain|all episodes=50 workers=2 output_dir=DIR
 
 Episodes run in rounds of `workers` sub-envs (gymnasium AsyncVectorEnv, one process each) that start together,
-so a policy's batch-wide `reset()` (action queues) is correct, and the policy runs batched in this process. Every
+so a policy's batch-wide `reset()` (action queues) is correct, and the policy runs batched in this process. The
+worker processes live for the whole run and switch task at reset (no per-task process start-up). Every
 task's episodes use the seeds of the versioned initial-state set, so two policies always face identical starts.
 Finished episodes are appended to `episodes.jsonl` as they end: a rerun with the same output_dir resumes.
 
@@ -13,6 +14,7 @@ Writes: episodes.jsonl, summary.json, summary.md, success.png, videos/<task>/*.m
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import sim
+from sim.env import make_env
 from sim.init_states import eval_seeds
 from sim.policies import load_policy
 from sim.report import bar_chart, markdown_table, summarize, write_json
@@ -36,8 +39,7 @@ _IDENTITY_KEYS = ("policy", "image_size", "init_states", "max_steps")
 
 
 def make_vector_env(task: str, workers: int, image_size: int, expert: bool, max_steps: int | None):
-    kwargs = {"image_size": image_size, "expert": expert, "max_steps": max_steps}
-    fns = [lambda: gym.make(f"sim/{task}-v0", **kwargs) for _ in range(workers)]
+    fns = [partial(make_env, task, image_size=image_size, expert=expert, max_steps=max_steps)] * workers
     mode = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
     if workers == 1:
         return gym.vector.SyncVectorEnv(fns, **mode)
@@ -56,13 +58,13 @@ def _frame(obs: dict, i: int) -> np.ndarray:
     return np.concatenate([obs["pixels"][cam][i] for cam in obs["pixels"]], axis=1)
 
 
-def run_round(venv, policy, pre, post, seeds: list[int], record_video: list[bool], device: str) -> list[dict]:
-    """Run len(seeds) episodes in lockstep on the first len(seeds) sub-envs; returns one record per episode."""
+def run_round(venv, policy, pre, post, task: str, seeds: list[int], record_video: list[bool]) -> list[dict]:
+    """Run len(seeds) episodes of `task` in lockstep on the first len(seeds) sub-envs; one record per episode."""
     n = venv.num_envs
     mask = np.array([i < len(seeds) for i in range(n)])
     padded = seeds + [None] * (n - len(seeds))
-    obs, _ = venv.reset(seed=padded, options={"reset_mask": mask})
-    description = venv.get_attr("task_description")[0]
+    obs, _ = venv.reset(seed=padded, options={"reset_mask": mask, "task": task})
+    description = venv.get_attr("task_description")[int(np.argmax(mask))]
     policy.reset()
     done = ~mask
     results: list[dict | None] = [None] * len(seeds)
@@ -132,17 +134,20 @@ def evaluate(cfg: DictConfig) -> dict:
 
     t_start = time.perf_counter()
     bar = tqdm(total=total, unit="ep", desc="sim-eval", dynamic_ncols=True)
-    with episodes_path.open("a") as sink:
-        for task in tasks:
-            if not todo[task]:
-                continue
-            workers = max(1, min(cfg.workers, len(todo[task])))
-            venv = make_vector_env(task, workers, cfg.image_size, policy.needs_expert, cfg.max_steps)
-            try:
+    pending = [t for t in tasks if todo[t]]
+    workers = max(1, min(cfg.workers, max((len(todo[t]) for t in pending), default=1)))
+    venv = (
+        make_vector_env(pending[0], workers, cfg.image_size, policy.needs_expert, cfg.max_steps)
+        if pending
+        else None
+    )
+    try:
+        with episodes_path.open("a") as sink:
+            for task in pending:
                 for start in range(0, len(todo[task]), workers):
                     seeds = todo[task][start : start + workers]
                     video = [plan[task].index(s) < cfg.videos for s in seeds]
-                    for r in run_round(venv, policy, pre, post, seeds, video, device):
+                    for r in run_round(venv, policy, pre, post, task, seeds, video):
                         frames = r.pop("frames")
                         rec = {"task": task, "episode": plan[task].index(r["seed"]), **r}
                         if frames is not None:
@@ -155,8 +160,9 @@ def evaluate(cfg: DictConfig) -> dict:
                         done.append(rec)
                         bar.update(1)
                         bar.set_postfix(task=task, ok=f"{sum(e['success'] for e in done)}/{len(done)}")
-            finally:
-                venv.close()
+    finally:
+        if venv is not None:
+            venv.close()
     bar.close()
     elapsed = time.perf_counter() - t_start
 

@@ -5,13 +5,14 @@ gives one vector env per task, the layout `lerobot-eval` aggregates per task lik
 """
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import gymnasium as gym
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
-from sim.env import ACTION_DIM, CAMERAS, CONTROL_FREQ, STATE_DIM
+from sim.env import ACTION_DIM, CAMERAS, CONTROL_FREQ, STATE_DIM, make_env
 from sim.tasks import resolve_tasks
 
 ENV_TYPE = "vst_sim"
@@ -62,13 +63,11 @@ class VstSimEnv(EnvConfig):
     def create_envs(
         self, n_envs: int, use_async_envs: bool = False
     ) -> dict[str, dict[int, gym.vector.VectorEnv]]:
-        import sim  # noqa: F401  (registers the gym ids)
-
         env_cls = gym.vector.AsyncVectorEnv if (use_async_envs and n_envs > 1) else gym.vector.SyncVectorEnv
         extra = {"context": "forkserver"} if env_cls is gym.vector.AsyncVectorEnv else {}
         out: dict[str, dict[int, gym.vector.VectorEnv]] = {}
         for i, name in enumerate(resolve_tasks(self.task)):
-            fns = [lambda name=name: gym.make(f"sim/{name}-v0", **self.gym_kwargs) for _ in range(n_envs)]
+            fns = [partial(make_env, name, **self.gym_kwargs)] * n_envs
             out.setdefault(name, {})[i] = env_cls(
                 fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, **extra
             )

@@ -106,8 +106,8 @@ def bar_chart(series: dict[str, dict], path: Path, title: str) -> None:
     for i, (label, summ) in enumerate(series.items()):
         rows = [summ["tasks"][n] for n in names] + [summ["overall"]]
         rate = np.array([r["success_rate"] for r in rows]) * 100
-        lo = rate - np.array([r["ci95"][0] for r in rows]) * 100
-        hi = np.array([r["ci95"][1] for r in rows]) * 100 - rate
+        lo = np.maximum(0.0, rate - np.array([r["ci95"][0] for r in rows]) * 100)
+        hi = np.maximum(0.0, np.array([r["ci95"][1] for r in rows]) * 100 - rate)
         ax.bar(x + (i - (len(series) - 1) / 2) * width, rate, width, yerr=[lo, hi], capsize=2, label=label)
     ax.set_xticks(x, [*names, "overall"], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("success rate (%)")

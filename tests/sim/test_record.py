@@ -1,0 +1,108 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from sim.record import record
+
+CONFIG = OmegaConf.load(Path(__file__).parents[2] / "configs" / "sim_record.yaml")
+
+
+def _cfg(out, **kw):
+    cfg = OmegaConf.merge(CONFIG, {"task": "lift,stack", "episodes": 1, "image_size": 48, "workers": 2}, kw)
+    cfg.output_dir = str(out)
+    cfg.pop("defaults", None)
+    cfg.pop("hydra", None)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec") / "ds"
+    summary = record(_cfg(out))
+    return out, summary
+
+
+def test_dataset_round_trips_through_stock_lerobot(recorded):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    out, summary = recorded
+    assert summary["episodes"] == 2
+    ds = LeRobotDataset("local/vst_sim", root=out)
+    assert ds.num_episodes == 2
+    item = ds[0]
+    assert tuple(item["observation.images.agentview"].shape) == (3, 48, 48)
+    assert tuple(item["observation.images.wrist"].shape) == (3, 48, 48)
+    assert tuple(item["observation.state"].shape) == (8,)
+    assert tuple(item["action"].shape) == (7,)
+    assert set(ds.meta.tasks.index) == {"lift the red cube", "stack the red cube on the green cube"}
+    stats = ds.meta.stats["action"]
+    for key in ("q01", "q99", "min", "max", "mean", "std"):
+        assert np.asarray(stats[key]).shape == (7,), key
+    # the recorded actions are the expert's: the gripper closes at some point in every episode
+    grip = np.stack([ds[i]["action"][6].item() for i in range(len(ds))])
+    assert grip.max() == 1.0 and grip.min() == -1.0
+    # action chunks through delta_timestamps, as VLA training reads them
+    chunked = LeRobotDataset(
+        "local/vst_sim", root=out, delta_timestamps={"action": [i / 20 for i in range(4)]}
+    )
+    assert tuple(chunked[0]["action"].shape) == (4, 7)
+    report = json.loads((out / "meta" / "sim_record.json").read_text())
+    assert report["tasks"]["lift"]["episodes"] == 1 and not (out.parent / "ds.partial").exists()
+
+
+def test_existing_dataset_is_never_overwritten(recorded):
+    out, _ = recorded
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        record(_cfg(out))
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_interrupted_recording_resumes_keeping_finished_shards(tmp_path, monkeypatch):
+    import sim.record as rec
+
+    out = tmp_path / "ds"
+    calls = []
+    real = rec.record_task
+
+    def flaky(task, *args):
+        calls.append(task)
+        if task == "stack":
+            raise KeyboardInterrupt("simulated interruption")
+        return real(task, *args)
+
+    monkeypatch.setattr(rec, "record_task", flaky)
+    cfg = _cfg(out, workers=1)
+    # workers=1 runs in-process below: swap the pool for a serial executor to see the interruption
+    monkeypatch.setattr(rec, "ProcessPoolExecutor", _SerialExecutor)
+    with pytest.raises(KeyboardInterrupt):
+        record(cfg)
+    assert (tmp_path / "ds.partial" / "lift" / "DONE.json").exists()
+    calls_after = []
+    monkeypatch.setattr(rec, "record_task", lambda task, *a: calls_after.append(task) or real(task, *a))
+    summary = record(cfg)
+    assert calls_after == ["stack"]  # lift was kept
+    assert summary["episodes"] == 2
+
+
+class _SerialExecutor:
+    """Runs submitted jobs immediately in this process (same interface as the pool record() uses)."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        f = Future()
+        f.set_result(fn(*args[:-1]))  # drop the progress queue
+        return f
