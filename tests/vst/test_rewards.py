@@ -141,3 +141,30 @@ def test_rewards_through_grpo_trainers_own_reward_loop():
     assert per_func.tolist() == [[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
     total = (per_func * torch.tensor(cfg.weights)).sum(1)
     assert total.tolist() == mixed_reward(completions, [i["meta_info"] for i in inputs])
+
+
+def test_the_data_engines_cot_and_rl_rows_earn_full_reward(tmp_path):
+    """CoT references are complete completions (format 1, accuracy 1); RL rows keep the bare answer as reference,
+    which is right once the policy wraps it after its reasoning."""
+    from vst.data.cli import run as vst_data
+    from vst.data.io import read_rows
+    from vst.data.render import close_renderer
+
+    mix = {"perception": 0, "cot": 0.5, "rl": 0.5, "general": 0}
+    try:
+        vst_data(
+            {"row_mix": mix, "n": 24, "seed": 0, "output_dir": str(tmp_path), "progress": False, "workers": 1}
+        )
+    finally:
+        close_renderer()
+    rows = list(read_rows(str(tmp_path)))
+    cot = [r for r in rows if "thought" in r["type"]]
+    rl = [r for r in rows if r["type"] == "rl"]
+    assert cot and rl
+    assert mixed_reward([r["conversations"][-1]["value"] for r in cot], [r["meta_info"] for r in cot]) == [
+        1.0
+    ] * len(cot)
+    completions = [f"<think>reasoning</think> {r['conversations'][-1]['value']}" for r in rl]
+    assert mixed_reward(completions, [r["meta_info"] for r in rl]) == [1.0] * len(rl)
+    bare = [r["conversations"][-1]["value"] for r in rl]
+    assert mixed_reward(bare, [r["meta_info"] for r in rl]) == [0.5] * len(rl)  # right but unformatted
