@@ -42,6 +42,7 @@ ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 # Plain greedy decoding with the KV cache for every model: a checkpoint's own generation defaults (Qwen2.5-VL-Instruct
 # ships repetition_penalty=1.05 and sampling settings) would otherwise make models decode differently.
 GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "use_cache": True}
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -70,9 +71,6 @@ class BenchConfig:
             raise ValueError(f"cpu_threads must be positive or null, got {self.cpu_threads}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
-
-
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------------------- rows
@@ -127,13 +125,7 @@ def select_rows(rows: Iterable[dict], splits: list[str], limit: int | None) -> l
             continue
         if row_id in seen:
             raise ValueError(f"duplicate row id {row_id!r}: results are keyed by id")
-        n_placeholders = sum(
-            str(t.get("value", "")).count(IMAGE_PLACEHOLDER) for t in _prompt_turns(raw["conversations"])
-        )
-        if n_placeholders != len(raw.get("images") or []):
-            raise ValueError(
-                f"row {row_id}: {n_placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(raw.get('images') or [])} images"
-            )
+        _check_placeholders(row_id, raw["conversations"], len(raw.get("images") or []))
         seen.add(row_id)
         per_skill[split, skill] += 1
         meta_info = raw["meta_info"] if isinstance(raw["meta_info"], str) else json.dumps(raw["meta_info"])
@@ -144,13 +136,8 @@ def select_rows(rows: Iterable[dict], splits: list[str], limit: int | None) -> l
 
 def build_messages(row: BenchRow, system_prompt: str | None = None) -> list[dict]:
     """Chat messages for the prompt: every turn but the final answer, images in place of their placeholders."""
-    turns = _prompt_turns(row.conversations)
-    n_placeholders = sum(str(t.get("value", "")).count(IMAGE_PLACEHOLDER) for t in turns)
-    if n_placeholders != len(row.images):
-        raise ValueError(
-            f"row {row.id}: {n_placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(row.images)} images"
-        )
-    images = iter(row.images)
+    _check_placeholders(row.id, row.conversations, len(row.images))
+    turns, images = _prompt_turns(row.conversations), iter(row.images)
     messages = (
         [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
     )
@@ -170,6 +157,12 @@ def build_messages(row: BenchRow, system_prompt: str | None = None) -> list[dict
 def _prompt_turns(conversations: list[dict]) -> list[dict]:
     """Every turn but a final gpt turn (the reference answer)."""
     return conversations[:-1] if conversations and conversations[-1].get("from") == "gpt" else conversations
+
+
+def _check_placeholders(row_id: str, conversations: list[dict], n_images: int) -> None:
+    n = sum(str(t.get("value", "")).count(IMAGE_PLACEHOLDER) for t in _prompt_turns(conversations))
+    if n != n_images:
+        raise ValueError(f"row {row_id}: {n} {IMAGE_PLACEHOLDER} placeholders but {n_images} images")
 
 
 def _decode_image(data: bytes, row_id: str) -> Image.Image:
