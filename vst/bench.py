@@ -242,6 +242,8 @@ def load_predictions(path: Path) -> dict[str, dict]:
                         f"{path}: corrupt line {line[:80]!r} (not the last one); not touching it"
                     ) from None
                 break
+            if not isinstance(record, dict) or not {"id", "output"} <= record.keys():
+                raise ValueError(f"{path}: line {line[:80]!r} is not a vst-bench record; not touching it")
             records[record["id"]] = record
             good_bytes += len(line)
     if good_bytes != path.stat().st_size:

@@ -279,10 +279,15 @@ def test_bad_files_and_config(tmp_path):
 
 def test_a_corrupt_line_in_the_middle_is_not_silently_dropped(tmp_path):
     path = tmp_path / "predictions.jsonl"
-    path.write_text('{"id": "a", "score": 1}\nnot json\n{"id": "b", "score": 0}\n')
+    path.write_text(
+        '{"id": "a", "output": "B", "score": 1}\nnot json\n{"id": "b", "output": "C", "score": 0}\n'
+    )
     with pytest.raises(ValueError, match="corrupt line"):
         load_predictions(path)
     assert path.read_text().count("\n") == 3  # untouched
+    path.write_text('{"id": "a", "output": "B", "score": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match="not a vst-bench record"):
+        load_predictions(path)
 
 
 # -------------------------------------------------------------------------------------- the data engine's rows
