@@ -30,6 +30,15 @@ from vst.scoring import score_answer
 # --------------------------------------------------------------------------------------------- tiny model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """A tiny model on a CPU shared with other jobs runs ~10x faster on one thread than on two (see cpu_threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def backbone_cache(tmp_path_factory) -> Path:
     """Where presets are built: $VST_CACHE/backbones, as vst.backbone lays it out."""
@@ -115,7 +124,7 @@ def test_cli_end_to_end_on_a_tiny_model(tiny_model, backbone_cache, tmp_path):
     data = write_parquet(make_rows(3), tmp_path / "data" / "bench.parquet")
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "vst-bench"), "model=tiny", f"data={data.parent}",
-           f"output_dir={out}", "batch_size=4", "max_new_tokens=6", "limit=2"]  # fmt: skip
+           f"output_dir={out}", "batch_size=4", "max_new_tokens=6", "limit=2", "cpu_threads=1"]  # fmt: skip
     env = {**os.environ, "VST_CACHE": str(backbone_cache.parent)}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
