@@ -334,9 +334,7 @@ class VLAPolicy(PreTrainedPolicy):
             sample = selected.nonzero()[:, 0]
             per_sample = torch.zeros(batch_size, device=logits.device).index_add_(0, sample, token_loss)
             return per_sample / torch.bincount(sample, minlength=batch_size).clamp(min=1), info
-        loss = token_loss.mean()
-        info["loss"] = loss.item()
-        return loss, info
+        return token_loss.mean(), info
 
     # ----------------------------------------------------------------------------------------- inference
 

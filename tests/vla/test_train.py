@@ -1,0 +1,89 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from vla import train as vla_train
+from vla.modeling_vla import VLAPolicy
+
+CONFIGS = str(Path(vla_train.__file__).resolve().parents[1] / "configs")
+
+
+def _cfg(vla, out: Path, *overrides: str):
+    args = [
+        f"dataset={vla.root}",
+        f"output_dir={out}",
+        f"cache_dir={vla.cache}",
+        "batch_size=2",
+        "log_freq=1",
+    ]
+    args += ["chunk_size=4", "policy.image_size=56", "device=cpu", *overrides]
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name="vla_train", overrides=args)
+
+
+def _step_of(pretrained: Path) -> int:
+    state = pretrained.parent / "training_state" / "training_step.json"
+    return json.loads(state.read_text())["step"]
+
+
+def test_vla_train_writes_checkpoints_and_resumes(vla, tmp_path):
+    out = tmp_path / "run"
+    final = vla_train.train(_cfg(vla, out, "steps=4", "save_freq=2"))
+    assert final == vla_train.last_checkpoint(out)
+    checkpoints = out / "train" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["000002", "000004", "last"]
+    assert _step_of(final) == 4
+    first = (checkpoints / "000004" / "pretrained_model" / "model.safetensors").read_bytes()
+
+    # Rerunning the same command with more steps resumes from `last` (not from scratch).
+    vla_train.train(_cfg(vla, out, "steps=6", "save_freq=2"))
+    assert _step_of(vla_train.last_checkpoint(out)) == 6
+    assert (checkpoints / "000006").is_dir()
+    assert (checkpoints / "000004" / "pretrained_model" / "model.safetensors").read_bytes() == first
+
+    policy = VLAPolicy.from_pretrained(vla_train.last_checkpoint(out))
+    assert policy.config.chunk_size == 4 and policy.config.image_size == 56
+
+    # Resuming with other policy settings is refused before anything is touched.
+    with pytest.raises(ValueError, match="chunk_size"):
+        vla_train.train(_cfg(vla, out, "steps=8", "chunk_size=2"))
+    assert _step_of(vla_train.last_checkpoint(out)) == 6
+
+
+def test_vla_train_bad_inputs(vla, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a LeRobot dataset root"):
+        vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", f"dataset={tmp_path}"))
+    with pytest.raises(FileNotFoundError, match="neither an existing dataset root nor a hub id"):
+        vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", "dataset=no_such_dir"))
+    with pytest.raises(ValueError, match="unknown policy settings"):
+        vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", "+policy.chunk_sise=2"))
+    stale = tmp_path / "b" / "train"
+    stale.mkdir(parents=True)
+    (stale / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="holds no checkpoint"):
+        vla_train.train(_cfg(vla, tmp_path / "b", "steps=1"))
+    assert (stale / "notes.txt").read_text() == "keep me"
+
+
+def test_stock_lerobot_train_finds_the_policy(vla, tmp_path):
+    """`lerobot-train --policy.type=vst_vla` works once the plugin package is named on the command line."""
+    out = tmp_path / "lerobot"
+    cmd = [str(Path(sys.executable).parent / "lerobot-train"), "--policy.discover_packages_path=vla"]
+    cmd += ["--policy.type=vst_vla", f"--policy.cache_dir={vla.cache}", "--policy.image_size=56"]
+    cmd += [
+        "--policy.chunk_size=2",
+        "--policy.n_action_steps=2",
+        "--policy.device=cpu",
+        "--policy.cameras=[agentview]",
+    ]
+    cmd += ["--dataset.repo_id=local/vla_test_lift", f"--dataset.root={vla.root}", f"--output_dir={out}"]
+    cmd += ["--steps=2", "--batch_size=2", "--num_workers=0", "--save_freq=2", "--log_freq=1"]
+    run = subprocess.run(cmd, env=vla.env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = out / "checkpoints" / "last" / "pretrained_model"
+    policy = VLAPolicy.from_pretrained(saved)
+    assert policy.config.cameras == ["agentview"] and policy.config.chunk_size == 2
