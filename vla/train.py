@@ -2,7 +2,8 @@
 
     vla-train backbone=vst|baseline|PRESET|PATH dataset=ROOT_OR_HUB_ID output_dir=DIR [steps=.. batch_size=..
               lr=.. chunk_size=.. num_workers=.. save_freq=.. seed=.. device=.. policy.<VLAConfig field>=..]
-    accelerate launch -m vla.train ...           (several processes: DDP through LeRobot's Accelerator)
+    accelerate launch --multi_gpu --num_processes N -m vla.train ...   (DDP through LeRobot's Accelerator; on
+                                                 a CPU-only machine too, with gloo; accelerate's --cpu starts one)
 
 The hydra config becomes a `TrainPipelineConfig` for `lerobot.scripts.lerobot_train.train`, which loads the
 dataset (action chunks through delta_timestamps), logs loss / grad norm / samples per second with a progress bar
@@ -15,6 +16,7 @@ those of the run being resumed; `steps` may be raised to train longer.
 
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import fields
@@ -162,7 +164,8 @@ def train(cfg: DictConfig) -> Path:
 
 def main_cfg(cfg: DictConfig) -> None:
     final = train(cfg)
-    print(f"vla-train: wrote {run_dir(cfg.output_dir).resolve()} (policy: {final})")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"vla-train: wrote {run_dir(cfg.output_dir).resolve()} (policy: {final})")
 
 
 @hydra.main(

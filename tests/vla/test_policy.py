@@ -285,6 +285,25 @@ def test_checkpoint_without_normalisation_stats(vla, tmp_path):
     assert {p.name for p in saved.rglob("*")} >= set(files)  # nothing was deleted by the failed loads
 
 
+def test_model_output_that_is_not_action_tokens_is_refused(vla, monkeypatch):
+    """Masked decoding cannot produce other ids; if a decoder ever did, parsing names them."""
+    import vla.modeling_vla as modeling
+    from vla.action_tokenizer import NotActionTokenError
+
+    policy, pre, _ = vla.policy()
+    batch = vla.batch(pre, chunk_size=4)
+    real = modeling.decode_actions
+
+    def corrupt(*args, **kwargs):
+        ids = real(*args, **kwargs)
+        ids[1, 3] = 5  # a real-vocabulary token
+        return ids
+
+    monkeypatch.setattr(modeling, "decode_actions", corrupt)
+    with pytest.raises(NotActionTokenError, match=r"sequence 1: 1 ids are not action tokens.*ids \[5\]"):
+        policy.predict_action_chunk(batch)
+
+
 def test_incomplete_checkpoint_names_missing_files(vla, tmp_path):
     policy, pre, post = vla.policy()
     saved = vla.save(policy, pre, post, tmp_path / "ckpt")

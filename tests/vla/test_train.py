@@ -87,3 +87,23 @@ def test_stock_lerobot_train_finds_the_policy(vla, tmp_path):
     saved = out / "checkpoints" / "last" / "pretrained_model"
     policy = VLAPolicy.from_pretrained(saved)
     assert policy.config.cameras == ["agentview"] and policy.config.chunk_size == 2
+
+
+def test_vla_train_under_accelerate_with_two_processes(vla, tmp_path):
+    """Two CPU processes (gloo DDP): the effective batch doubles, one set of checkpoints is written."""
+    out = tmp_path / "ddp"
+    launch = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+    ]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vla.train"]
+    args = [f"dataset={vla.root}", f"output_dir={out}", f"cache_dir={vla.cache}", "steps=2", "batch_size=2"]
+    args += ["save_freq=2", "log_freq=1", "chunk_size=2", "policy.image_size=56", "device=cpu"]
+    run = subprocess.run(launch + args, env=vla.env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Effective batch size: 2 x 2 = 4" in run.stdout + run.stderr
+    assert (run.stdout + run.stderr).count("vla-train: wrote") == 1
+    assert _step_of(vla_train.last_checkpoint(out)) == 2
