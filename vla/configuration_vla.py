@@ -61,6 +61,7 @@ class VLAConfig(PreTrainedConfig):
     freeze_vision: bool = False
     freeze_merger: bool = False
     freeze_llm: bool = False
+    gradient_checkpointing: bool = False  # recompute LLM activations in backward (memory for big backbones)
     lora_rank: int = 0
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -103,6 +104,8 @@ class VLAConfig(PreTrainedConfig):
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         if self.lora_rank and self.freeze_llm:
             raise ValueError("lora_rank > 0 adapts the LLM; freeze_llm=true would contradict it")
+        if not self.use_state:  # an unused input needs no stats (and must not fail for lack of them)
+            self.normalization_mapping = {**self.normalization_mapping, "STATE": NormalizationMode.IDENTITY}
 
     @property
     def torch_dtype(self) -> torch.dtype:

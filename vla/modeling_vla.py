@@ -214,6 +214,8 @@ class VLAPolicy(PreTrainedPolicy):
                 p.requires_grad_(not frozen)
             else:
                 p.requires_grad_(not llm_frozen)
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._row_masked: list[Tensor] = []
         if llm_frozen:
             for w in {

@@ -127,10 +127,16 @@ def train(cfg: DictConfig) -> Path:
     from lerobot.scripts.lerobot_train import train as lerobot_train
     from lerobot.utils.constants import CHECKPOINTS_DIR
 
+    from vst.backbone import resolve_backbone
+
     if cfg.cpu_threads:
         torch.set_num_threads(int(cfg.cpu_threads))
     dataset = dataset_config(str(cfg.dataset), cfg.repo_id, cfg.video_backend)
     policy = policy_config(cfg)
+    resolve_backbone(
+        policy.backbone,
+        {"model": policy.backbone_base, "pipeline_dir": policy.pipeline_dir, "cache_dir": policy.cache_dir},
+    )  # a missing backbone fails before LeRobot starts
     out = run_dir(cfg.output_dir)
     last = last_checkpoint(cfg.output_dir)
     resume = last.is_dir()

@@ -199,6 +199,29 @@ def test_untied_backbone_round_trips(vla, tmp_path):
     assert torch.equal(reloaded.model.get_input_embeddings().weight, emb)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(vla):
+    results = []
+    for checkpointing in (False, True):
+        policy, pre, _ = vla.policy(gradient_checkpointing=checkpointing)
+        assert policy.model.is_gradient_checkpointing == checkpointing
+        policy.train()
+        loss, _ = policy.forward(vla.batch(pre, chunk_size=4))
+        loss.backward()
+        q = policy.model.model.language_model.layers[0].self_attn.q_proj.weight
+        results.append((loss.detach(), q.grad.clone()))
+    assert torch.allclose(results[0][0], results[1][0])
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_state_off_needs_no_state_stats(vla):
+    policy, pre, _ = vla.policy(use_state=False)
+    stats = {k: v for k, v in vla.meta.stats.items() if k != "observation.state"}
+    pre, post = make_vla_pre_post_processors(policy.config, stats)
+    batch = vla.batch(pre, chunk_size=4)
+    assert "Robot state" not in policy.prompt.texts(batch)[0]
+    assert policy.predict_action_chunk(batch).shape == (4, 4, 7)
+
+
 def test_lora_trains_adapters_and_action_rows_only(vla, tmp_path):
     policy, pre, post = vla.policy(lora_rank=4)
     trainable = {n for n, p in policy.model.named_parameters() if p.requires_grad}

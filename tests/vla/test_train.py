@@ -61,6 +61,9 @@ def test_vla_train_bad_inputs(vla, tmp_path):
         vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", "dataset=no_such_dir"))
     with pytest.raises(ValueError, match="unknown policy settings"):
         vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", "+policy.chunk_sise=2"))
+    with pytest.raises(FileNotFoundError, match="does not exist yet"):
+        vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", "backbone=vst", f"pipeline_dir={tmp_path}/vst"))
+    assert not (tmp_path / "a").exists()
     stale = tmp_path / "b" / "train"
     stale.mkdir(parents=True)
     (stale / "notes.txt").write_text("keep me")
