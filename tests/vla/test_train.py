@@ -72,41 +72,25 @@ def test_vla_train_bad_inputs(vla, tmp_path):
     assert (stale / "notes.txt").read_text() == "keep me"
 
 
-def test_stock_lerobot_train_finds_the_policy(vla, tmp_path):
-    """`lerobot-train --policy.type=vst_vla` works once the plugin package is named on the command line."""
+def test_stock_lerobot_train_finds_the_policy_under_accelerate(vla, tmp_path):
+    """Stock `lerobot-train --policy.type=vst_vla` (the loop vla-train runs) finds the policy once the plugin
+    package is named, and trains it in two CPU processes (gloo DDP: the effective batch doubles)."""
     out = tmp_path / "lerobot"
-    cmd = [str(Path(sys.executable).parent / "lerobot-train"), "--policy.discover_packages_path=vla"]
-    cmd += ["--policy.type=vst_vla", f"--policy.cache_dir={vla.cache}", "--policy.image_size=56"]
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += [
-        "--policy.chunk_size=2",
-        "--policy.n_action_steps=2",
-        "--policy.device=cpu",
-        "--policy.cameras=[agentview]",
+        "-m",
+        "lerobot.scripts.lerobot_train",
+        "--policy.discover_packages_path=vla",
+        "--policy.type=vst_vla",
     ]
+    cmd += [f"--policy.cache_dir={vla.cache}", "--policy.image_size=56", "--policy.chunk_size=2"]
+    cmd += ["--policy.n_action_steps=2", "--policy.device=cpu", "--policy.cameras=[agentview]"]
     cmd += ["--dataset.repo_id=local/vla_test_lift", f"--dataset.root={vla.root}", f"--output_dir={out}"]
     cmd += ["--steps=2", "--batch_size=2", "--num_workers=0", "--save_freq=2", "--log_freq=1"]
     run = subprocess.run(cmd, env=vla.env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "Effective batch size: 2 x 2 = 4" in run.stdout + run.stderr
     saved = out / "checkpoints" / "last" / "pretrained_model"
     policy = VLAPolicy.from_pretrained(saved)
     assert policy.config.cameras == ["agentview"] and policy.config.chunk_size == 2
-
-
-def test_vla_train_under_accelerate_with_two_processes(vla, tmp_path):
-    """Two CPU processes (gloo DDP): the effective batch doubles, one set of checkpoints is written."""
-    out = tmp_path / "ddp"
-    launch = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-    ]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vla.train"]
-    args = [f"dataset={vla.root}", f"output_dir={out}", f"cache_dir={vla.cache}", "steps=2", "batch_size=2"]
-    args += ["save_freq=2", "log_freq=1", "chunk_size=2", "policy.image_size=56", "device=cpu"]
-    run = subprocess.run(launch + args, env=vla.env(), capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "Effective batch size: 2 x 2 = 4" in run.stdout + run.stderr
-    assert (run.stdout + run.stderr).count("vla-train: wrote") == 1
-    assert _step_of(vla_train.last_checkpoint(out)) == 2
