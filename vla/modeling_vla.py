@@ -101,6 +101,11 @@ class VLAPolicy(PreTrainedPolicy):
             model, processor, tokenizer = self._load_parts(Path(checkpoint_dir))
         else:
             model, processor, tokenizer = self._build_parts(dataset_meta)
+        context = model.config.get_text_config().max_position_embeddings
+        if config.max_length > context:
+            raise ValueError(
+                f"max_length {config.max_length} exceeds the backbone's context of {context} positions"
+            )
         self.model = model
         self.processor = processor
         self.action_tokenizer = tokenizer

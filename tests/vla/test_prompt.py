@@ -107,6 +107,11 @@ def test_instruction_longer_than_the_context(vla):
         policy.forward(batch)
 
 
+def test_max_length_beyond_the_backbone_context(vla):
+    with pytest.raises(ValueError, match="exceeds the backbone's context"):
+        vla.policy(max_length=100_000)
+
+
 def test_missing_state_or_task(vla):
     policy, pre, _ = vla.policy()
     batch = vla.batch(pre, chunk_size=4)
