@@ -9,9 +9,19 @@ A packed micro-batch is one row holding several samples back to back. Three thin
 - the loss: targets are shifted per sample before packing (a sample's last token predicts nothing), so no
   token is trained to predict the next sample's first token.
 The vision tower already encodes each image separately (its own cu_seqlens), so images simply concatenate.
+
+Attention cost: a block-diagonal mask keeps samples apart but still multiplies through the whole L x L square.
+`varlen_sdpa` (registered with transformers as an attention implementation; `use_varlen_attention` switches a
+model's text decoder to it) runs causal sdpa on each sample's own segment instead, the effect of flash-attn's
+varlen kernel with plain PyTorch, on CPU or GPU. Models already on flash attention keep it (it reads the same
+position ids).
 """
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 IGNORE = -100
 
@@ -82,3 +92,52 @@ def plan_micro_batches(
     if current:
         batches.append(current)
     return batches
+
+
+def varlen_sdpa(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
+    """Causal attention per packed sample, segments starting where the text positions restart at 0; anything
+    else (padded batches, the vision tower, cached generation) goes to transformers' sdpa unchanged."""
+    position_ids, length = kwargs.get("position_ids"), query.shape[2]
+    if (
+        position_ids is None
+        or query.shape[0] != 1
+        or key.shape[2] != length
+        or position_ids.shape[-1] != length
+    ):
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    bounds = [*(position_ids[0] == 0).nonzero().flatten().tolist(), length]
+    out = [
+        F.scaled_dot_product_attention(
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=True,
+            enable_gqa=True,
+        )
+        for a, b in zip(bounds, bounds[1:])
+    ]
+    return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("varlen_sdpa", varlen_sdpa)
+AttentionMaskInterface.register("varlen_sdpa", sdpa_mask)
+
+
+def use_varlen_attention(model) -> None:
+    """Give the text decoder per-sample attention for packed rows (not saved with checkpoints: runtime only)."""
+    if model.config.get_text_config()._attn_implementation in ("sdpa", "eager"):
+        model.set_attn_implementation({"text_config": "varlen_sdpa"})

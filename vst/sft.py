@@ -27,7 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vst.backbone import FINAL_MODEL_DIR, build_backbone, save_backbone
-from vst.packing import IGNORE, pack, pad, plan_micro_batches, shift_targets
+from vst.packing import IGNORE, pack, pad, plan_micro_batches, shift_targets, use_varlen_attention
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +407,8 @@ def train(cfg: SFTConfig) -> dict:
     plan = Plan(lengths, t.seed, t.packing, t.pack_tokens, t.batch_size, t.grad_accum, world)
     total = plan.total_steps(t.epochs, t.max_steps)
 
+    if t.packing:
+        use_varlen_attention(model)
     model = prepare_model(model, t)
     optimizer = torch.optim.AdamW(param_groups(model, t), weight_decay=t.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(t.warmup_ratio * total), total)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from sft_rows import make_rows
 
 from vst.backbone import build_backbone
-from vst.packing import IGNORE, pack, pad, plan_micro_batches, shift_targets
+from vst.packing import IGNORE, pack, pad, plan_micro_batches, shift_targets, use_varlen_attention
 from vst.sft import encode_row, token_loss_sum
 
 
@@ -37,7 +37,16 @@ def test_pack_layout(samples):
     assert len(b["image_grid_thw"]) == n_images == 7  # rows carry 1, 2, 1, 0, 1, 2 images
 
 
-def test_packed_loss_equals_padded_loss(tiny, samples):
+@pytest.fixture(params=["sdpa", "varlen_sdpa"])
+def attn(request, tiny):
+    """Both ways of keeping packed samples apart: the block-diagonal mask and per-sample segments."""
+    model, _ = tiny
+    model.set_attn_implementation({"text_config": request.param})
+    yield request.param
+    model.set_attn_implementation({"text_config": "sdpa"})
+
+
+def test_packed_loss_equals_padded_loss(tiny, samples, attn):
     model, processor = tiny
     with torch.no_grad():
         packed = token_loss_sum(model, pack(samples))
@@ -51,7 +60,7 @@ def test_packed_loss_equals_padded_loss(tiny, samples):
     assert not torch.allclose(packed, leaked, rtol=1e-4)
 
 
-def test_packed_logits_match_each_sample_alone(tiny, samples):
+def test_packed_logits_match_each_sample_alone(tiny, samples, attn):
     model, _ = tiny
     b = pack(samples)
     with torch.no_grad():
@@ -86,3 +95,12 @@ def test_plan_micro_batches():
     ]
     with pytest.raises(ValueError, match="more than pack_tokens"):
         plan_micro_batches(lengths, order, packing=True, pack_tokens=6, batch_size=1)
+
+
+def test_use_varlen_attention_switches_only_the_text_decoder(tmp_path):
+    model, _ = build_backbone("tiny", cache_dir=tmp_path)
+    use_varlen_attention(model)
+    assert model.config.get_text_config()._attn_implementation == "varlen_sdpa"
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path / "ckpt")
+    assert "varlen" not in (tmp_path / "ckpt" / "config.json").read_text()  # runtime only, never saved
