@@ -1,7 +1,362 @@
-"""`vla-compare`: placeholder until issue #5 lands; the console script name is stable from now on."""
+"""`vla-compare preset=quick|full output_dir=DIR`: the project's main job, top to bottom.
 
+Spatial data -> general pretraining (the baseline backbone) -> spatial SFT -> CoT cold start -> GRPO (the VST
+backbone) -> both backbones on the spatial benchmark -> expert demos -> the same VLA recipe on each backbone, with
+identical demos, seeds and budgets (plus LeRobot's ACT as a reference row) -> closed-loop evaluation on identical
+initial states -> a paired report.
+
+Each step is one of the project's own commands, run once in a subprocess: the report lists the exact commands, so
+any step can be rerun by hand. A finished step is recorded in <output_dir>/steps.json and skipped on a rerun;
+an interrupted one is rerun, and since every command resumes from its own checkpoints, nothing is recomputed.
+"""
+
+import json
+import logging
+import os
+import shlex
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from sim.report import bar_chart, mcnemar, write_json
+
+log = logging.getLogger(__name__)
+
+BIN = Path(sys.executable).parent  # the console scripts of this environment
 
 
-def main() -> None:
-    sys.exit("vla-compare: not implemented yet (tracked in issue #5)")
+class Steps:
+    """Runs each named command once; remembers finished ones (with their command) in steps.json."""
+
+    def __init__(self, out: Path, dry_run: bool, env: dict):
+        self.out, self.dry_run, self.env = out, dry_run, env
+        self.path = out / "steps.json"
+        self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, name: str, cmd: list[str]) -> None:
+        line = shlex.join(cmd)
+        if name in self.done:
+            if self.done[name]["command"] != line:
+                raise ValueError(
+                    f"step {name!r} in {self.out} was done with another command:\n  {self.done[name]['command']}\n"
+                    f"now:\n  {line}\nuse a new output_dir (nothing was changed)"
+                )
+            log.info("step %s: done before, reused", name)
+            return
+        log.info("step %s: %s", name, line)
+        if self.dry_run:
+            return
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=self.env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"step {name!r} failed (exit {proc.returncode}): {line}")
+        self.done[name] = {"command": line, "seconds": round(time.perf_counter() - t0, 1)}
+        write_json(self.path, self.done)
+
+
+def _cmd(tool: str, *args: str) -> list[str]:
+    return [str(BIN / tool), *args]
+
+
+def _last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last" / "pretrained_model"
+
+
+def _act_command(cfg, demos: Path, out: Path) -> list[str]:
+    """LeRobot's ACT through stock lerobot-train (resumed with --resume when a checkpoint exists)."""
+    if (out / "checkpoints" / "last").exists():
+        config = out / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+        return _cmd("lerobot-train", f"--config_path={config}", "--resume=true")
+    return _cmd(
+        "lerobot-train",
+        "--policy.type=act",
+        "--policy.pretrained_backbone_weights=null",
+        "--policy.push_to_hub=false",
+        f"--policy.chunk_size={cfg.vla.chunk_size}",
+        f"--policy.n_action_steps={cfg.vla.chunk_size}",
+        f"--dataset.repo_id=local/{demos.name}",
+        f"--dataset.root={demos}",
+        f"--steps={cfg.act.steps}",
+        f"--batch_size={cfg.act.batch_size}",
+        f"--seed={cfg.seed + 1000}",
+        "--num_workers=0",
+        f"--save_freq={cfg.act.steps}",
+        "--wandb.enable=false",
+        f"--output_dir={out}",
+    )
+
+
+def run_chain(cfg: DictConfig) -> dict:
+    out = Path(cfg.output_dir).resolve()
+    env = dict(os.environ)
+    if cfg.cpu_threads:
+        env["OMP_NUM_THREADS"] = str(cfg.cpu_threads)
+    steps = Steps(out, cfg.dry_run, env)
+    d, p = cfg.data, cfg.pipeline
+    data, bb, ev = out / "data", out / "backbones", out / "eval"
+
+    # 1. Spatial data: the training mix, CoT and RL rows, and the held-out benchmark.
+    steps.run(
+        "data_train",
+        _cmd(
+            "vst-data", f"n={d.n}", f"seed={cfg.seed}", f"workers={d.workers}", f"output_dir={data / 'train'}"
+        ),
+    )
+    steps.run(
+        "data_cot",
+        _cmd(
+            "vst-data",
+            f"n={d.cot_n}",
+            f"seed={cfg.seed + 1}",
+            f"workers={d.workers}",
+            "row_mix={perception: 0, cot: 1, rl: 0, general: 0}",
+            f"output_dir={data / 'cot'}",
+        ),
+    )
+    steps.run(
+        "data_rl",
+        _cmd(
+            "vst-data",
+            f"n={d.rl_n}",
+            f"seed={cfg.seed + 2}",
+            f"workers={d.workers}",
+            "row_mix={perception: 0, cot: 0, rl: 1, general: 0}",
+            f"output_dir={data / 'rl'}",
+        ),
+    )
+    for split in ("bench", "bench_general"):
+        steps.run(
+            f"data_{split}",
+            _cmd(
+                "vst-data",
+                f"split={split}",
+                f"per_skill={d.bench_per_skill}",
+                f"seed={cfg.seed}",
+                f"workers={d.workers}",
+                f"output_dir={data / split}",
+            ),
+        )
+
+    # 2. Backbones: general pretraining is the baseline; SFT -> CoT -> RL on top of it is VST.
+    stages = [
+        ("pretrain", cfg.model, data / "train", p.pretrain_steps, []),
+        ("sft", bb / "pretrain" / "model", data / "train", p.sft_steps, []),
+        ("cot", bb / "sft" / "model", data / "cot", p.cot_steps, []),
+        ("rl", bb / "cot" / "model", data / "rl", p.rl_steps, [f"rl.num_generations={p.rl_num_generations}"]),
+    ]
+    for stage, start, rows, n_steps, extra in stages:
+        steps.run(
+            f"train_{stage}",
+            _cmd(
+                "vst-train",
+                f"stage={stage}",
+                f"model={start}",
+                f"data={rows}",
+                f"train.max_steps={n_steps}",
+                f"train.seed={cfg.seed}",
+                *extra,
+                f"output_dir={bb / stage}",
+            ),
+        )
+    backbones = {"baseline": bb / "pretrain" / "model", "vst": bb / "rl" / "model"}
+
+    # 3. Both backbones on the spatial and general benchmark.
+    for name, ckpt in backbones.items():
+        steps.run(
+            f"bench_{name}",
+            _cmd(
+                "vst-bench",
+                f"model={ckpt}",
+                f"data={data}/bench*/shard-*.parquet",
+                "max_new_tokens=128",
+                f"output_dir={out / 'bench' / name}",
+            ),
+        )
+
+    # 4. Expert demonstrations (training seeds only), shared by every policy.
+    demos = out / "demos"
+    steps.run(
+        "demos",
+        _cmd(
+            "sim-record",
+            f"task=[{cfg.demos.task}]",
+            f"episodes={cfg.demos.episodes}",
+            f"noise={cfg.demos.noise}",
+            f"image_size={cfg.demos.image_size}",
+            f"seed={cfg.seed}",
+            f"output_dir={demos}",
+        ),
+    )
+
+    # 5. The same VLA recipe on each backbone: identical demos, seed, steps, batch, learning rate.
+    policies = {}
+    for name, ckpt in backbones.items():
+        run = out / "vla" / name
+        steps.run(
+            f"vla_{name}",
+            _cmd(
+                "vla-train",
+                f"backbone={ckpt}",
+                f"dataset={demos}",
+                f"steps={cfg.vla.steps}",
+                f"batch_size={cfg.vla.batch_size}",
+                f"lr={cfg.vla.lr}",
+                f"chunk_size={cfg.vla.chunk_size}",
+                f"policy.image_size={cfg.vla.image_size}",
+                f"seed={cfg.seed + 1000}",
+                f"save_freq={cfg.vla.steps}",
+                f"output_dir={run}",
+            ),
+        )
+        policies[f"{name}-VLA"] = run / "train" / "checkpoints" / "last" / "pretrained_model"
+    if cfg.act.enabled:
+        act_dir = out / "act"
+        steps.run("act", _act_command(cfg, demos, act_dir))
+        policies["ACT"] = _last_checkpoint(act_dir)
+
+    # 6. Closed-loop evaluation on the same versioned initial states.
+    for label, ckpt in policies.items():
+        steps.run(
+            f"eval_{label}",
+            _cmd(
+                "sim-eval",
+                f"policy={ckpt}",
+                f"task=[{cfg.demos.task}]",
+                f"episodes={cfg.eval.episodes}",
+                f"workers={cfg.eval.workers}",
+                f"videos={cfg.eval.videos}",
+                f"image_size={cfg.demos.image_size}",
+                f"init_states={cfg.eval.init_states}",
+                f"output_dir={ev / label}",
+            ),
+        )
+    if cfg.dry_run:
+        return {}
+    return write_report(out, list(policies), steps.done)
+
+
+def _episodes(path: Path) -> dict[tuple[str, int], bool]:
+    return {(e["task"], e["seed"]): e["success"] for e in map(json.loads, path.read_text().splitlines())}
+
+
+def write_report(out: Path, labels: list[str], done: dict) -> dict:
+    """Paired comparison of the two VLAs (McNemar on identical starts), every policy's success, bench scores."""
+    ev = out / "eval"
+    summaries = {label: json.loads((ev / label / "summary.json").read_text()) for label in labels}
+    base, vst = (
+        _episodes(ev / "baseline-VLA" / "episodes.jsonl"),
+        _episodes(ev / "vst-VLA" / "episodes.jsonl"),
+    )
+    keys = sorted(base.keys() & vst.keys())
+    if len(keys) != len(base) or len(keys) != len(vst):
+        raise ValueError(
+            "the two VLAs were not evaluated on the same (task, seed) pairs: the comparison is not paired"
+        )
+    paired = mcnemar([vst[k] for k in keys], [base[k] for k in keys])
+    diff = (sum(vst[k] for k in keys) - sum(base[k] for k in keys)) / len(keys)
+    per_task = {}
+    for task in sorted({t for t, _ in keys}):
+        tk = [k for k in keys if k[0] == task]
+        per_task[task] = {
+            "vst": sum(vst[k] for k in tk) / len(tk),
+            "baseline": sum(base[k] for k in tk) / len(tk),
+            "mcnemar": mcnemar([vst[k] for k in tk], [base[k] for k in tk]),
+        }
+    bench = {}
+    for name in ("baseline", "vst"):
+        path = out / "bench" / name / "results.json"
+        bench[name] = json.loads(path.read_text()) if path.exists() else None
+    report = {
+        "paired": {"episodes": len(keys), "vst_minus_baseline": diff, "mcnemar_vst_vs_baseline": paired},
+        "per_task": per_task,
+        "policies": {k: {"overall": s["overall"], "tasks": s["tasks"]} for k, s in summaries.items()},
+        "bench": bench,
+        "commands": {k: v["command"] for k, v in done.items()},
+        "seconds": {k: v["seconds"] for k, v in done.items()},
+    }
+    write_json(out / "report.json", report)
+    bar_chart(summaries, out / "success.png", "closed-loop success on identical initial states")
+    (out / "report.md").write_text(_markdown(report, summaries))
+    return report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _bench_overall(res: dict | None, split: str) -> str:
+    if not res:
+        return "-"
+    node = res.get("splits", {}).get(split) or {}
+    val = node.get("overall")
+    return f"{val:.1f}" if isinstance(val, int | float) else "-"
+
+
+def _markdown(report: dict, summaries: dict) -> str:
+    p = report["paired"]
+    m = p["mcnemar_vst_vs_baseline"]
+    lines = [
+        "# vla-compare: VST-VLA vs baseline-VLA",
+        "",
+        f"Paired over {p['episodes']} episodes (same tasks, same initial states): VST minus baseline = "
+        f"**{100 * p['vst_minus_baseline']:+.1f} points**; McNemar exact p = {m['p_value']:.3g} "
+        f"(VST-only successes {m['a_only']}, baseline-only {m['b_only']}).",
+        "",
+        "| policy | success | 95% CI (Wilson) | episodes |",
+        "|---|---|---|---|",
+    ]
+    for label, s in summaries.items():
+        o = s["overall"]
+        lines.append(
+            f"| {label} | {_pct(o['success_rate'])} | {_pct(o['ci95'][0])}-{_pct(o['ci95'][1])} | {o['episodes']} |"
+        )
+    lines += ["", "| task | baseline-VLA | VST-VLA | McNemar p |", "|---|---|---|---|"]
+    for task, t in report["per_task"].items():
+        lines.append(f"| {task} | {_pct(t['baseline'])} | {_pct(t['vst'])} | {t['mcnemar']['p_value']:.3g} |")
+    lines += [
+        "",
+        "Backbones on the held-out spatial benchmark (mean over skills, %):",
+        "",
+        "| backbone | spatial | general |",
+        "|---|---|---|",
+    ]
+    for name in ("baseline", "vst"):
+        res = report["bench"].get(name)
+        lines.append(f"| {name} | {_bench_overall(res, 'spatial')} | {_bench_overall(res, 'general')} |")
+    lines += [
+        "",
+        "![success](success.png)",
+        "",
+        "Rollout videos: `eval/<policy>/videos/<task>/`.",
+        "",
+        "## Commands",
+        "",
+    ]
+    for name, cmd in report["commands"].items():
+        lines.append(f"- `{name}` ({report['seconds'][name]} s): `{cmd}`")
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(
+    config_path=str(Path(__file__).resolve().parents[1] / "configs"),
+    config_name="vla_compare",
+    version_base="1.3",
+)
+def main(cfg: DictConfig) -> None:
+    report = run_chain(cfg)
+    if report:
+        p = report["paired"]
+        log.info(
+            "VST - baseline = %+.1f points (McNemar p = %.3g)",
+            100 * p["vst_minus_baseline"],
+            p["mcnemar_vst_vs_baseline"]["p_value"],
+        )
+    print(f"vla-compare: wrote {Path(cfg.output_dir).resolve()}")
+
+
+if __name__ == "__main__":
+    main()

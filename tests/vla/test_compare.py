@@ -1,0 +1,64 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from vla.compare import Steps, write_report
+
+
+def _eval_dir(root: Path, label: str, outcomes: dict[tuple[str, int], bool]) -> None:
+    from sim.report import summarize
+
+    d = root / "eval" / label
+    d.mkdir(parents=True)
+    eps = [
+        {
+            "task": t,
+            "seed": s,
+            "success": ok,
+            "steps": 10,
+            "failure_reason": None if ok else "target_not_lifted",
+        }
+        for (t, s), ok in outcomes.items()
+    ]
+    (d / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+    (d / "summary.json").write_text(json.dumps(summarize(eps)))
+
+
+def test_report_pairs_episodes_and_tests_the_difference(tmp_path):
+    seeds = range(1_000_000, 1_000_012)
+    base = {("a", s): i < 3 for i, s in enumerate(seeds)}
+    vst = {("a", s): i < 11 for i, s in enumerate(seeds)}
+    _eval_dir(tmp_path, "baseline-VLA", base)
+    _eval_dir(tmp_path, "vst-VLA", vst)
+    done = {"x": {"command": "vst-data n=1", "seconds": 1.0}}
+    r = write_report(tmp_path, ["baseline-VLA", "vst-VLA"], done)
+    assert r["paired"]["episodes"] == 12
+    assert r["paired"]["vst_minus_baseline"] == pytest.approx(8 / 12)
+    m = r["paired"]["mcnemar_vst_vs_baseline"]
+    assert (m["a_only"], m["b_only"]) == (8, 0) and m["p_value"] == pytest.approx(2 / 2**8)
+    md = (tmp_path / "report.md").read_text()
+    assert "+66.7 points" in md and "vst-data n=1" in md
+    assert (tmp_path / "success.png").exists()
+
+
+def test_report_refuses_unpaired_evaluations(tmp_path):
+    _eval_dir(tmp_path, "baseline-VLA", {("a", 1): True, ("a", 2): False})
+    _eval_dir(tmp_path, "vst-VLA", {("a", 1): True, ("a", 3): False})
+    with pytest.raises(ValueError, match="not paired"):
+        write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
+
+
+def test_steps_run_once_and_refuse_a_changed_command(tmp_path):
+    steps = Steps(tmp_path, dry_run=False, env=None)
+    marker = tmp_path / "ran"
+    cmd = [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"]
+    steps.run("s", cmd)
+    Steps(tmp_path, dry_run=False, env=None).run("s", cmd)  # a rerun reuses the finished step
+    assert marker.read_text() == "x"
+    with pytest.raises(ValueError, match="another command"):
+        Steps(tmp_path, dry_run=False, env=None).run("s", [*cmd, "--changed"])
+    with pytest.raises(RuntimeError, match="failed"):
+        steps.run("bad", [sys.executable, "-c", "raise SystemExit(3)"])
+    assert "bad" not in json.loads((tmp_path / "steps.json").read_text())
