@@ -35,6 +35,17 @@ IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 # Which parameters belong to which part, by name (works on plain, DDP- and peft-wrapped models alike).
 PARTS = ("vision", "merger", "llm")
+# Training settings that decide which samples each step sees (a resumed run must keep them).
+ORDER_KEYS = (
+    "seed",
+    "packing",
+    "pack_tokens",
+    "batch_size",
+    "grad_accum",
+    "max_seq_len",
+    "epochs",
+    "max_steps",
+)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -302,10 +313,8 @@ def prepare_model(model, t: TrainConfig):
             r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, target_modules=targets
         )
         model = get_peft_model(model, lora)
-        for (
-            name,
-            p,
-        ) in model.named_parameters():  # peft froze everything else; vision/merger follow the switches
+        # peft froze everything but the adapters; the vision tower and merger follow their own switches
+        for name, p in model.named_parameters():
             if part_of(name) != "llm":
                 p.requires_grad_(not getattr(t, f"freeze_{part_of(name)}"))
     if t.gradient_checkpointing:
@@ -346,20 +355,8 @@ def token_loss_sum(model, batch: dict) -> torch.Tensor:
 
 def fingerprint(cfg: SFTConfig, world: int) -> dict:
     """What fixes the data order and schedule; a resumed run must match it."""
-    t = cfg.train
-    keys = (
-        "seed",
-        "packing",
-        "pack_tokens",
-        "batch_size",
-        "grad_accum",
-        "max_seq_len",
-        "epochs",
-        "max_steps",
-    )
-    return {"model": cfg.model, "data": list(cfg.data), "row_types": cfg.row_types, "world": world} | {
-        k: getattr(t, k) for k in keys
-    }
+    run = {"model": cfg.model, "data": list(cfg.data), "row_types": cfg.row_types, "world": world}
+    return run | {k: getattr(cfg.train, k) for k in ORDER_KEYS}
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -371,6 +368,27 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def accumulate(model, micro: list[tuple[dict, int, int]], accelerator) -> tuple[float, int, int]:
+    """Forward and backward over one optimizer step's micro-batches (batch, samples, tokens). The loss is divided
+    by the step's target-token count over every process, so the gradient is the per-token mean whatever the
+    packing, accumulation or world size. Returns (mean loss, tokens, samples), all processes together."""
+    counts = [sum(int((b["targets"] != IGNORE).sum()) for b, _, _ in micro), sum(n for _, _, n in micro)]
+    counts.append(sum(n for _, n, _ in micro))
+    n_targets, n_tokens, n_samples = accelerator.reduce(
+        torch.tensor(counts, device=accelerator.device)
+    ).tolist()
+    world, loss_sum = accelerator.num_processes, torch.zeros((), device=accelerator.device)
+    for k, (batch, _, _) in enumerate(micro):
+        batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+        with (
+            accelerator.no_sync(model) if k < len(micro) - 1 else nullcontext()
+        ):  # sync gradients once per step
+            s = token_loss_sum(model, batch)
+            accelerator.backward(s * world / n_targets)  # DDP averages gradients over processes
+        loss_sum += s.detach()
+    return accelerator.reduce(loss_sum).item() / n_targets, n_tokens, n_samples
+
+
 # ---------------------------------------------------------------------------------------------- the loop
 
 
@@ -379,9 +397,7 @@ def train(cfg: SFTConfig) -> dict:
     t, out = cfg.train, Path(cfg.output_dir)
     rows = load_rows(cfg.data, cfg.row_types)
     bf16 = t.bf16 == "true" or (t.bf16 == "auto" and torch.cuda.is_available())
-    text_only = any(
-        not r.get("images") for r in rows
-    )  # a batch without images leaves the vision tower unused
+    text_only = any(not r.get("images") for r in rows)  # then some batch may leave the vision tower unused
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # so that several CPU processes (torchrun / accelerate) use gloo DDP
         mixed_precision="bf16" if bf16 else "no",
@@ -453,7 +469,11 @@ def train(cfg: SFTConfig) -> dict:
 
     dataset = RowDataset(rows, processor, rope_index)
     pad_id = processor.tokenizer.pad_token_id
-    join = pack if t.packing else (lambda samples: pad(samples, pad_id))
+
+    def collate(samples: list[dict]) -> tuple[dict, int, int]:
+        batch = pack(samples) if t.packing else pad(samples, pad_id)
+        return batch, len(samples), sum(len(s["input_ids"]) for s in samples)
+
     metrics_file = out / "metrics.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     log.info(
@@ -466,36 +486,12 @@ def train(cfg: SFTConfig) -> dict:
     totals = {"tokens": 0, "samples": 0}
     model.train()
     for epoch, batches in plan.rank_batches(rank, step, total):
-        loader = DataLoader(
-            dataset,
-            batch_sampler=batches,
-            collate_fn=lambda samples: (
-                join(samples),
-                len(samples),
-                sum(len(s["input_ids"]) for s in samples),
-            ),
-            num_workers=t.num_workers,
-        )
+        loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=t.num_workers)
         it = iter(loader)
         for _ in range(len(batches) // t.grad_accum):
-            micro = [next(it) for _ in range(t.grad_accum)]
-            counts = torch.tensor(
-                [
-                    sum(int((b["targets"] != IGNORE).sum()) for b, _, _ in micro),
-                    sum(n_tok for _, _, n_tok in micro),
-                    sum(n for _, n, _ in micro),
-                ],
-                device=accelerator.device,
+            loss, n_tokens, n_samples = accumulate(
+                model, [next(it) for _ in range(t.grad_accum)], accelerator
             )
-            n_targets, n_tokens, n_samples = accelerator.reduce(counts, "sum").tolist()
-            loss_sum = torch.zeros((), device=accelerator.device)
-            for k, (b, _, _) in enumerate(micro):
-                b = {key: v.to(accelerator.device) for key, v in b.items()}
-                with accelerator.no_sync(model) if k < len(micro) - 1 else nullcontext():
-                    s = token_loss_sum(model, b)
-                    accelerator.backward(s * world / n_targets)  # DDP averages over processes
-                loss_sum += s.detach()
-            loss = accelerator.reduce(loss_sum, "sum").item() / n_targets
             if not math.isfinite(loss):
                 last = checkpoints(out)
                 raise NonFiniteLoss(
