@@ -198,3 +198,24 @@ def test_accelerate_two_processes(data, cache, tmp_path):
     )  # hydra logs to stdout
     AutoModelForImageTextToText.from_pretrained(tmp_path / "model")
     AutoProcessor.from_pretrained(tmp_path / "model")
+
+
+def test_accumulated_gradient_is_the_token_mean_of_the_whole_step(cache):
+    """Two micro-batches accumulated give the gradient of one batch holding both (token-weighted, not averaged
+    per micro-batch), so grad_accum and world size change speed, not the objective."""
+    from accelerate import Accelerator
+
+    from vst.backbone import build_backbone
+    from vst.packing import pack
+
+    model, processor = build_backbone("tiny", cache_dir=cache)
+    samples = [S.encode_row(r, processor, model.model.get_rope_index) for r in make_rows(5)]
+    acc = Accelerator(cpu=True)
+    entry = lambda ss: (pack(ss), len(ss), sum(len(s["input_ids"]) for s in ss))  # noqa: E731
+    grads = []
+    for micro in ([entry(samples[:2]), entry(samples[2:])], [entry(samples)]):
+        model.zero_grad()
+        loss, n_tokens, n_samples = S.accumulate(model, micro, acc)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert (n_samples, n_tokens) == (5, sum(len(s["input_ids"]) for s in samples))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
