@@ -7,6 +7,8 @@ processes use gloo DDP; accelerate's `--cpu` flag starts a single process). Reru
 resumes from its last checkpoint.
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,17 +26,25 @@ def sft_config(cfg: DictConfig):
     return OmegaConf.to_object(OmegaConf.merge(schema, raw))
 
 
-@hydra.main(config_path="../configs", config_name="vst_train", version_base="1.3")
+# An absolute path: imported as a console script (not __main__), Hydra would read "../configs" as a Python package.
+@hydra.main(
+    config_path=str(Path(__file__).resolve().parents[1] / "configs"),
+    config_name="vst_train",
+    version_base="1.3",
+)
 def main(cfg: DictConfig) -> None:
     if cfg.stage == "rl":
-        raise SystemExit("vst-train: stage rl not implemented yet (GRPO lands in vst/rl.py)")
-    if cfg.stage not in SUPERVISED_STAGES:
+        from vst.rl import train as train_rl
+
+        summary = train_rl(cfg)
+    elif cfg.stage in SUPERVISED_STAGES:
+        from vst.sft import train
+
+        summary = train(sft_config(cfg))
+    else:
         raise SystemExit(
             f"vst-train: unknown stage {cfg.stage!r}; use one of {', '.join(SUPERVISED_STAGES)}, rl"
         )
-    from vst.sft import train
-
-    summary = train(sft_config(cfg))
     if summary["main_process"]:
         print(f"vst-train: stage {cfg.stage} wrote {summary['model']} ({summary['steps']} steps)")
 

@@ -181,9 +181,24 @@ def run(args, **kw):
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kw)
 
 
-def test_cli_rl_stage_is_not_there_yet(data, tmp_path):
-    r = run([sys.executable, "-m", "vst.train", "stage=rl", f"data={data}", f"output_dir={tmp_path}"])
-    assert r.returncode != 0 and "stage rl not implemented yet" in r.stderr
+def test_cli_dispatches_each_stage(data, tmp_path, monkeypatch, capsys):
+    import vst.rl
+    import vst.train
+
+    seen = []
+
+    def fake(cfg):
+        seen.append((cfg.stage, cfg.train.lr))
+        return {"main_process": True, "model": "M", "steps": 0}
+
+    monkeypatch.setattr(vst.rl, "train", fake)
+    monkeypatch.setattr(S, "train", fake)
+    for stage in ("rl", "cot"):
+        monkeypatch.setattr(
+            sys, "argv", ["vst-train", f"stage={stage}", f"data={data}", f"output_dir={tmp_path}"]
+        )
+        vst.train.main()
+    assert seen == [("rl", 1e-6), ("cot", 1e-5)] and "vst-train: stage cot wrote M" in capsys.readouterr().out
 
 
 def test_accelerate_two_processes(data, cache, tmp_path):
