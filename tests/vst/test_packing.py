@@ -8,6 +8,15 @@ from vst.packing import IGNORE, pack, pad, plan_micro_batches, shift_targets, us
 from vst.sft import encode_row, token_loss_sum
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """On the shared 2-core machine one torch thread per process runs these tests ~2.5x faster than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     model, processor = build_backbone("tiny", cache_dir=tmp_path_factory.mktemp("cache"))
