@@ -89,6 +89,7 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     num_workers: int = 0
+    cpu_threads: int | None = None  # torch threads per process (None: torch's default); 1 wins on a busy CPU
 
 
 @dataclass
@@ -407,6 +408,8 @@ def train(cfg: SFTConfig) -> dict:
     if not main:
         log.setLevel(logging.WARNING)
     torch.manual_seed(t.seed)
+    if t.cpu_threads:
+        torch.set_num_threads(t.cpu_threads)
 
     model, processor = build_backbone(cfg.model, cache_dir=cfg.cache_dir, seed=t.seed)
     rope_index = model.model.get_rope_index
