@@ -37,7 +37,8 @@ class Steps:
         self.path = out / "steps.json"
         self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
 
-    def run(self, name: str, cmd: list[str]) -> None:
+    def run(self, name: str, cmd: list[str], resume: list[str] | None = None) -> None:
+        """Run `cmd` unless done; `resume` (if given) is run instead to continue an interrupted attempt."""
         line = shlex.join(cmd)
         if name in self.done:
             if self.done[name]["command"] != line:
@@ -51,7 +52,7 @@ class Steps:
         if self.dry_run:
             return
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=self.env)
+        proc = subprocess.run(resume or cmd, env=self.env)
         if proc.returncode != 0:
             raise RuntimeError(f"step {name!r} failed (exit {proc.returncode}): {line}")
         self.done[name] = {"command": line, "seconds": round(time.perf_counter() - t0, 1)}
@@ -66,11 +67,12 @@ def _last_checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last" / "pretrained_model"
 
 
-def _act_command(cfg, demos: Path, out: Path) -> list[str]:
-    """LeRobot's ACT through stock lerobot-train (resumed with --resume when a checkpoint exists)."""
+def _act_commands(cfg, demos: Path, out: Path) -> tuple[list[str], list[str] | None]:
+    """LeRobot's ACT through stock lerobot-train, and the command that resumes it if a checkpoint exists."""
+    resume = None
     if (out / "checkpoints" / "last").exists():
         config = out / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
-        return _cmd("lerobot-train", f"--config_path={config}", "--resume=true")
+        resume = _cmd("lerobot-train", f"--config_path={config}", "--resume=true")
     return _cmd(
         "lerobot-train",
         "--policy.type=act",
@@ -87,7 +89,7 @@ def _act_command(cfg, demos: Path, out: Path) -> list[str]:
         f"--save_freq={cfg.act.steps}",
         "--wandb.enable=false",
         f"--output_dir={out}",
-    )
+    ), resume
 
 
 def run_chain(cfg: DictConfig) -> dict:
@@ -164,8 +166,13 @@ def run_chain(cfg: DictConfig) -> dict:
         )
     backbones = {"baseline": bb / "pretrain" / "model", "vst": bb / "rl" / "model"}
 
-    # 3. Both backbones on the spatial and general benchmark.
-    for name, ckpt in backbones.items():
+    # 3. Every stage's checkpoint on the held-out spatial benchmark and the general split.
+    stage_models = {
+        "baseline": backbones["baseline"],
+        "sft": bb / "sft" / "model",
+        "cot": bb / "cot" / "model",
+    }
+    for name, ckpt in {**stage_models, "vst": backbones["vst"]}.items():
         steps.run(
             f"bench_{name}",
             _cmd(
@@ -215,7 +222,8 @@ def run_chain(cfg: DictConfig) -> dict:
         policies[f"{name}-VLA"] = run / "train" / "checkpoints" / "last" / "pretrained_model"
     if cfg.act.enabled:
         act_dir = out / "act"
-        steps.run("act", _act_command(cfg, demos, act_dir))
+        fresh, resume = _act_commands(cfg, demos, act_dir)
+        steps.run("act", fresh, resume)
         policies["ACT"] = _last_checkpoint(act_dir)
 
     # 6. Closed-loop evaluation on the same versioned initial states.
@@ -267,7 +275,7 @@ def write_report(out: Path, labels: list[str], done: dict) -> dict:
             "mcnemar": mcnemar([vst[k] for k in tk], [base[k] for k in tk]),
         }
     bench = {}
-    for name in ("baseline", "vst"):
+    for name in ("baseline", "sft", "cot", "vst"):
         path = out / "bench" / name / "results.json"
         bench[name] = json.loads(path.read_text()) if path.exists() else None
     report = {
@@ -319,12 +327,12 @@ def _markdown(report: dict, summaries: dict) -> str:
         lines.append(f"| {task} | {_pct(t['baseline'])} | {_pct(t['vst'])} | {t['mcnemar']['p_value']:.3g} |")
     lines += [
         "",
-        "Backbones on the held-out spatial benchmark (mean over skills, %):",
+        "Backbones on the held-out benchmark (vst-bench, mean over skills, %); vst = after RL:",
         "",
         "| backbone | spatial | general |",
         "|---|---|---|",
     ]
-    for name in ("baseline", "vst"):
+    for name in ("baseline", "sft", "cot", "vst"):
         res = report["bench"].get(name)
         lines.append(f"| {name} | {_bench_overall(res, 'spatial')} | {_bench_overall(res, 'general')} |")
     lines += [

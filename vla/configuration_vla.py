@@ -20,7 +20,7 @@ ACTION_TOKENIZERS = ("bins", "fast")
 @PreTrainedConfig.register_subclass(POLICY_TYPE)
 @dataclass
 class VLAConfig(PreTrainedConfig):
-    # Backbone: a model preset (configs/presets/model/), a checkpoint dir or hub id, or `baseline` / `vst`
+    # Backbone: a model preset (configs/models/), a checkpoint dir or hub id, or `baseline` / `vst`
     # (the VST pipeline's stages for `backbone_base`, found under `pipeline_dir`). Only read when a policy is
     # built fresh: a saved policy carries its backbone's config and tokenizer with it.
     backbone: str = "tiny"

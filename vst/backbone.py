@@ -1,11 +1,11 @@
 """Backbones: model presets, one loading path for presets and real checkpoints, and `backbone=baseline|vst`.
 
-A preset (configs/presets/model/NAME.yaml) either names a real checkpoint (`path:` a hub id or directory) or describes a
+A preset (configs/models/NAME.yaml) either names a real checkpoint (`path:` a hub id or directory) or describes a
 Qwen2.5-VL architecture (`arch:`) that is built from random weights with the shipped tokenizer, saved once into a
 cache directory and from then on loaded by path like any checkpoint. So every caller, and every test, goes through
 `AutoModelForImageTextToText` / `AutoProcessor.from_pretrained`, the same calls a real 3B model takes.
-The presets live under configs/presets/ rather than configs/model/: a config group named `model` (or `backbone`)
-would make Hydra read `model=PATH` / `backbone=PATH` on every command line as a group choice and reject paths.
+The presets live in configs/models/ and configs/backbones/, not configs/model/: a config group named `model`
+(or `backbone`) would make Hydra read `model=PATH` on every command line as a group choice and reject paths.
 """
 
 import hashlib
@@ -25,8 +25,8 @@ from vst import tokenizer as tiny_tok
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-MODEL_CONFIGS = CONFIG_DIR / "presets" / "model"
-BACKBONE_CONFIGS = CONFIG_DIR / "presets" / "backbone"
+MODEL_CONFIGS = CONFIG_DIR / "models"
+BACKBONE_CONFIGS = CONFIG_DIR / "backbones"
 # The pipeline's stages in order; each writes its checkpoint to <pipeline_dir>/<stage>/model.
 PIPELINE_STAGES = ("pretrain", "sft", "cot", "rl")
 FINAL_MODEL_DIR = "model"
@@ -84,7 +84,7 @@ class ArchConfig:
 
 @dataclass
 class ModelConfig:
-    """One configs/presets/model/*.yaml: a real checkpoint (`path`) or an architecture to build (`arch`)."""
+    """One configs/models/*.yaml: a real checkpoint (`path`) or an architecture to build (`arch`)."""
 
     name: str
     path: str | None = None
@@ -106,7 +106,7 @@ def preset_names() -> list[str]:
 
 
 def is_preset(name: str) -> bool:
-    """Bare names in configs/presets/model/ are presets, unless a directory of that name sits in the working dir."""
+    """Bare names in configs/models/ are presets, unless a directory of that name sits in the working dir."""
     return "/" not in name and not Path(name).is_dir() and (MODEL_CONFIGS / f"{name}.yaml").is_file()
 
 
@@ -116,7 +116,7 @@ def is_built_preset(name: str) -> bool:
 
 
 def load_model_config(name: str) -> ModelConfig:
-    """Read configs/presets/model/NAME.yaml into its dataclass (validated)."""
+    """Read configs/models/NAME.yaml into its dataclass (validated)."""
     file = MODEL_CONFIGS / f"{name}.yaml"
     if not file.is_file():
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(preset_names())}")
@@ -343,7 +343,7 @@ def save_backbone(model, processor, path: str | Path) -> Path:
 
 @dataclass
 class BackboneAlias:
-    """configs/presets/backbone/NAME.yaml: which pipeline stage's checkpoint a backbone name stands for."""
+    """configs/backbones/NAME.yaml: which pipeline stage's checkpoint a backbone name stands for."""
 
     stage: str
 
@@ -372,7 +372,7 @@ def stage_command(stage: str, model: str, pipeline_dir: str | Path) -> str:
 def resolve_backbone(name: str, cfg=None) -> str:
     """Map a backbone name to a loadable checkpoint path (or hub id).
 
-    `name`: `baseline` / `vst` (configs/presets/backbone/), a model preset, a checkpoint directory or a hub id.
+    `name`: `baseline` / `vst` (configs/backbones/), a model preset, a checkpoint directory or a hub id.
     `cfg`: a mapping (dict or DictConfig) with `model` (the preset or checkpoint the pipeline started from,
     default `tiny`), optional `pipeline_dir` (default outputs/vst/<model>) and optional `cache_dir`.
     """

@@ -15,8 +15,6 @@ import io
 import json
 import logging
 import os
-import re
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -433,16 +431,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     config_name="vst_bench",
     version_base="1.3",
 )
-def _hydra_main(cfg: DictConfig) -> None:
-    fields = OmegaConf.to_container(cfg, resolve=True)
-    run_bench(BenchConfig(model=fields.pop("checkpoint"), **fields))
-
-
-def main() -> None:
-    """`vst-bench model=...`: configs/model/ (the backbone presets) is a Hydra config group, so Hydra would read
-    `model=PATH` as a choice in that group; the command line's `model=` therefore travels as `checkpoint=`."""
-    sys.argv = [re.sub(r"^(\+{0,2})model=", r"\1checkpoint=", arg) for arg in sys.argv]
-    _hydra_main()
+def main(cfg: DictConfig) -> None:
+    run_bench(BenchConfig(**OmegaConf.to_container(cfg, resolve=True)))
 
 
 if __name__ == "__main__":
