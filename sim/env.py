@@ -71,6 +71,7 @@ class SimEnv(gym.Env):
         expert_noise: float = 0.0,
         max_steps: int | None = None,
         render_mode: str = "rgb_array",
+        physics_dt: float | None = None,
     ):
         self.image_size = image_size
         self.render_size = render_size or image_size
@@ -78,6 +79,9 @@ class SimEnv(gym.Env):
         self.with_expert = expert
         self.expert_noise = expert_noise
         self._max_steps_override = max_steps
+        self.physics_dt = (
+            physics_dt  # None: the suite's PHYSICS_DT (sim/robosuite_envs.py); robosuite's own is 0.002
+        )
         self._load_task(task)
 
         image = spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8)
@@ -106,8 +110,12 @@ class SimEnv(gym.Env):
         self._data: mujoco.MjData = self._rs.sim.data._data
         simplify_robot_visuals(self._model)
         size, video = self.image_size, self.render_size
-        self._renderer = CameraRenderer(self._model, size, size)
-        self._video_renderer = self._renderer if video == size else CameraRenderer(self._model, video, video)
+        self._renderer = CameraRenderer(self._model, size, size, tuple(CAMERAS.values()))
+        self._video_renderer = (
+            self._renderer
+            if video == size
+            else CameraRenderer(self._model, video, video, (CAMERAS["agentview"],))
+        )
         self._expert = None
         if self.with_expert:
             from sim.experts import make_expert
@@ -115,13 +123,14 @@ class SimEnv(gym.Env):
             self._expert = make_expert(self._rs, self.task_spec, noise=self.expert_noise)
 
     def _make_robosuite_env(self):
-        from sim.robosuite_envs import LiftTask, SpatialTabletop, StackTask
+        from sim.robosuite_envs import PHYSICS_DT, LiftTask, SpatialTabletop, StackTask, physics_dt
 
         kwargs = _robosuite_kwargs(self.max_steps)
-        if isinstance(self.task_spec, SpatialTask):
-            return SpatialTabletop(self.task_spec, **kwargs)
-        cls = {"Lift": LiftTask, "Stack": StackTask}[self.task_spec.robosuite_env]
-        return cls(robots="Panda", **kwargs)
+        with physics_dt(self.physics_dt or PHYSICS_DT):
+            if isinstance(self.task_spec, SpatialTask):
+                return SpatialTabletop(self.task_spec, **kwargs)
+            cls = {"Lift": LiftTask, "Stack": StackTask}[self.task_spec.robosuite_env]
+            return cls(robots="Panda", **kwargs)
 
     # ----------------------------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -178,7 +187,7 @@ class SimEnv(gym.Env):
     def render(self):
         if self._video_renderer is self._renderer and self._last_frames is not None:
             return self._last_frames["agentview"]
-        return self._video_renderer.render(self._data, CAMERAS["agentview"])
+        return self._video_renderer.render(self._data)[CAMERAS["agentview"]]
 
     def close(self):
         self._renderer.close()
@@ -212,7 +221,8 @@ class SimEnv(gym.Env):
         ).astype(np.float32)
 
     def _observation(self, obs: dict) -> dict:
-        frames = {k: self._renderer.render(self._data, cam) for k, cam in CAMERAS.items()}
+        by_camera = self._renderer.render(self._data)
+        frames = {k: by_camera[cam] for k, cam in CAMERAS.items()}
         self._last_frames = frames
         out = {"pixels": frames, "agent_pos": self._state(obs)}
         if self._expert is not None:

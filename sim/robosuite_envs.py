@@ -5,7 +5,10 @@ workspace is in view and unoccluded; the instructions' relations are the ones se
 `sim.tasks`). `robot0_eye_in_hand` is the wrist camera that robosuite's Panda already carries.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
+import robosuite.macros
 from robosuite.environments.manipulation.lift import Lift
 from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
 from robosuite.environments.manipulation.stack import Stack
@@ -22,6 +25,21 @@ AGENTVIEW_POS = (0.55, 0.0, 1.42)
 AGENTVIEW_TARGET = (-0.07, 0.0, 0.80)
 AGENTVIEW_FOVY = 40.0
 TABLE_SIZE = (0.8, 0.8, 0.05)
+# MuJoCo at 200 Hz (10 substeps per 20 Hz control step) instead of robosuite's 500 Hz: robosuite runs its OSC
+# controller in Python at every substep, which is most of an env step's cost. The experts succeed as often and no
+# episode went unstable at this rate (see README, "Simulation speed").
+PHYSICS_DT = 0.005
+
+
+@contextmanager
+def physics_dt(dt: float = PHYSICS_DT):
+    """robosuite reads its timestep from a module global while it builds an env (world XML, controllers, env)."""
+    old = robosuite.macros.SIMULATION_TIMESTEP
+    robosuite.macros.SIMULATION_TIMESTEP = dt
+    try:
+        yield
+    finally:
+        robosuite.macros.SIMULATION_TIMESTEP = old
 
 
 def place_agentview(worldbody) -> None:
