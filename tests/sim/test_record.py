@@ -106,3 +106,32 @@ class _SerialExecutor:
         f = Future()
         f.set_result(fn(*args[:-1]))  # drop the progress queue
         return f
+
+
+def test_failed_expert_episodes_are_dropped_and_counted(tmp_path, monkeypatch):
+    """A failed attempt leaves nothing behind, not even in the streaming video encoder."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from sim.env import SimEnv
+    from sim.record import record_task
+
+    real_step = SimEnv.step
+
+    def step(self, action):
+        obs, r, terminated, truncated, info = real_step(self, action)
+        if self.seed_used == 0 and self._steps == 5:  # the first attempt fails early
+            info = {**info, "is_success": False, "failure_reason": "forced"}
+            return obs, 0.0, False, True, info
+        return obs, r, terminated, truncated, info
+
+    monkeypatch.setattr(SimEnv, "step", step)
+    report = record_task("lift", 1, 0, 0.0, 32, tmp_path / "ds", "local/x")
+    assert report["failed_attempts"] == 1 and report["failure_reasons"] == {"forced": 1}
+    assert report["seeds"] == [1]
+    ds = LeRobotDataset("local/x", root=tmp_path / "ds")
+    assert ds.num_episodes == 1
+    assert ds[len(ds) - 1]["observation.images.agentview"].shape == (
+        3,
+        32,
+        32,
+    )  # video frames line up with data
