@@ -7,8 +7,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/sim-record task=spatial episodes=2 output_dir=outputs/demo/data
-	.venv/bin/sim-eval policy=expert task=all episodes=5 output_dir=outputs/demo/eval
+	.venv/bin/vla-compare preset=quick output_dir=outputs/demo
 
 lint: setup
 	.venv/bin/ruff check .
