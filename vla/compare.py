@@ -23,6 +23,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sim.report import bar_chart, mcnemar, write_json
+from vst.report import write_backbone_report
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def run_chain(cfg: DictConfig) -> dict:
         ("rl", bb / "cot" / "model", data / "rl", p.rl_steps, [f"rl.num_generations={p.rl_num_generations}"]),
     ]
     for stage, start, rows, n_steps, extra in stages:
+        extra = [*extra, *p.overrides.get(stage, [])]
         steps.run(
             f"train_{stage}",
             _cmd(
@@ -183,6 +185,11 @@ def run_chain(cfg: DictConfig) -> dict:
                 f"output_dir={out / 'bench' / name}",
             ),
         )
+
+    if not cfg.dry_run:
+        write_backbone_report(out)
+    if cfg.stop_after == "backbones":
+        return {}
 
     # 4. Expert demonstrations (training seeds only), shared by every policy.
     demos = out / "demos"

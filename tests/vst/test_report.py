@@ -1,0 +1,49 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from vst.report import backbone_table, write_backbone_report
+
+
+def _bench(root: Path, name: str, spatial: dict[str, float], general: dict[str, float]) -> None:
+    def split(skills: dict[str, float]) -> dict:
+        return {
+            "overall": sum(skills.values()) / len(skills),
+            "skills": {s: {"family": "single_image", "n": 4, "score": v} for s, v in skills.items()},
+        }
+
+    d = root / "bench" / name
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(
+        json.dumps({"splits": {"spatial": split(spatial), "general": split(general)}})
+    )
+
+
+def test_table_deltas_use_the_rl_trained_skills(tmp_path):
+    _bench(tmp_path, "baseline", {"depth_compare": 20.0, "distance": 10.0}, {"general_color": 50.0})
+    _bench(tmp_path, "sft", {"depth_compare": 60.0, "distance": 30.0}, {"general_color": 49.0})
+    _bench(tmp_path, "cot", {"depth_compare": 62.0, "distance": 30.0}, {"general_color": 49.0})
+    _bench(tmp_path, "vst", {"depth_compare": 70.0, "distance": 29.0}, {"general_color": 51.0})
+    rl = tmp_path / "data" / "rl"
+    rl.mkdir(parents=True)
+    (rl / "manifest.json").write_text(json.dumps({"counts": {"skill": {"depth_compare": 30}}}))
+    (tmp_path / "backbones" / "sft").mkdir(parents=True)
+    (tmp_path / "backbones" / "sft" / "metrics.jsonl").write_text('{"step": 10, "loss": 3.0}\n')
+
+    table = write_backbone_report(tmp_path)
+    d = table["deltas"]
+    assert d["sft_minus_baseline_spatial"] == pytest.approx(45.0 - 15.0)
+    assert d["rl_minus_cot_rl_skills"] == pytest.approx(8.0)  # depth_compare only, not distance
+    assert d["vst_minus_baseline_general"] == pytest.approx(1.0)
+    md = (tmp_path / "backbones.md").read_text()
+    assert "| depth_compare (RL) | 20.0 | 60.0 | 62.0 | 70.0 |" in md
+    assert (tmp_path / "backbones.png").exists() and (tmp_path / "curves.png").exists()
+
+
+def test_missing_stages_leave_gaps_and_no_results_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no vst-bench results"):
+        backbone_table(tmp_path)
+    _bench(tmp_path, "baseline", {"distance": 10.0}, {"general_color": 50.0})
+    table = backbone_table(tmp_path)
+    assert table["deltas"]["sft_minus_baseline_spatial"] is None

@@ -1,0 +1,147 @@
+"""The VST pipeline's result: every stage's checkpoint on the held-out benchmark, side by side, plus the curves.
+
+Reads what `vla-compare` (or the same commands by hand) left in one directory: `bench/<stage>/results.json`
+(vst-bench), `backbones/<stage>/metrics.jsonl` (vst-train) and `data/rl/manifest.json` (which skills RL trained);
+writes `backbones.json`, `backbones.md`, `backbones.png` (per-skill scores) and `curves.png` (training curves).
+"""
+
+import json
+from pathlib import Path
+
+STAGES = ("baseline", "sft", "cot", "vst")  # bench names: pretrain, + SFT, + CoT, + RL
+TRAIN_STAGES = ("pretrain", "sft", "cot", "rl")
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def backbone_table(out: Path) -> dict:
+    """Per-skill and overall scores of every stage; the RL-trained skills' mean; the deltas the method is about."""
+    bench = {}
+    for name in STAGES:
+        path = out / "bench" / name / "results.json"
+        if path.exists():
+            bench[name] = json.loads(path.read_text())["splits"]
+    if not bench:
+        raise FileNotFoundError(f"no vst-bench results under {out / 'bench'}")
+    rl_manifest = out / "data" / "rl" / "manifest.json"
+    rl_skills = sorted(json.loads(rl_manifest.read_text())["counts"]["skill"]) if rl_manifest.exists() else []
+    table = {"stages": {}, "rl_skills": rl_skills}
+    for name, splits in bench.items():
+        spatial, general = splits.get("spatial", {}), splits.get("general", {})
+        skills = {s: e["score"] for split in (spatial, general) for s, e in split.get("skills", {}).items()}
+        table["stages"][name] = {
+            "spatial": spatial.get("overall"),
+            "general": general.get("overall"),
+            "rl_skills": _mean([skills[s] for s in rl_skills if s in skills]),
+            "skills": skills,
+        }
+    st = table["stages"]
+
+    def delta(a: str, b: str, key: str) -> float | None:
+        if a in st and b in st and st[a][key] is not None and st[b][key] is not None:
+            return st[a][key] - st[b][key]
+        return None
+
+    table["deltas"] = {
+        "sft_minus_baseline_spatial": delta("sft", "baseline", "spatial"),  # target >= +15
+        "rl_minus_cot_rl_skills": delta("vst", "cot", "rl_skills"),  # target >= +2
+        "vst_minus_baseline_general": delta("vst", "baseline", "general"),  # target within +-2
+    }
+    return table
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def markdown(table: dict) -> str:
+    st, d = table["stages"], table["deltas"]
+    names = list(st)
+    lines = [
+        "# VST pipeline on the held-out benchmark (vst-bench, %)",
+        "",
+        "baseline = general pretraining only; sft, cot = after those stages; vst = after RL.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        "| **spatial (mean over skills)** | " + " | ".join(_fmt(st[n]["spatial"]) for n in names) + " |",
+        "| **general (mean over skills)** | " + " | ".join(_fmt(st[n]["general"]) for n in names) + " |",
+        "| **RL-trained skills (mean)** | " + " | ".join(_fmt(st[n]["rl_skills"]) for n in names) + " |",
+    ]
+    skills = sorted({s for n in names for s in st[n]["skills"]})
+    for s in skills:
+        mark = " (RL)" if s in table["rl_skills"] else ""
+        lines.append(f"| {s}{mark} | " + " | ".join(_fmt(st[n]["skills"].get(s)) for n in names) + " |")
+    lines += [
+        "",
+        f"- SFT - baseline, spatial: {_fmt(d['sft_minus_baseline_spatial'])} points (target >= +15)",
+        f"- RL - CoT, RL-trained skills: {_fmt(d['rl_minus_cot_rl_skills'])} points (target >= +2)",
+        f"- VST - baseline, general: {_fmt(d['vst_minus_baseline_general'])} points (target within 2)",
+        "",
+        "![per-skill scores](backbones.png)",
+        "",
+        "![training curves](curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    st = table["stages"]
+    skills = sorted({s for n in st for s in st[n]["skills"]})
+    y = np.arange(len(skills))
+    h = 0.8 / len(st)
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(skills) + 1.5))
+    for i, (name, entry) in enumerate(st.items()):
+        ax.barh(y + i * h, [entry["skills"].get(s, 0.0) for s in skills], h, label=name)
+    ax.set_yticks(y + 0.4 - h / 2, skills, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("score (%)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("vst-bench per skill after each stage")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves(out: Path, path: Path) -> None:
+    """Loss of the supervised stages and reward/accuracy of RL against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TRAIN_STAGES), figsize=(4 * len(TRAIN_STAGES), 3.2))
+    for ax, stage in zip(axes, TRAIN_STAGES):
+        file = out / "backbones" / stage / "metrics.jsonl"
+        recs = [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+        keys = ("reward", "accuracy") if stage == "rl" else ("loss",)
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=key)
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        if recs:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_backbone_report(out: Path) -> dict:
+    table = backbone_table(out)
+    (out / "backbones.json").write_text(json.dumps(table, indent=2))
+    (out / "backbones.md").write_text(markdown(table))
+    chart(table, out / "backbones.png")
+    curves(out, out / "curves.png")
+    return table
