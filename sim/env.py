@@ -68,7 +68,6 @@ class SimEnv(gym.Env):
         image_size: int = 128,
         render_size: int | None = None,
         expert: bool = False,
-        expert_noise: float = 0.0,
         max_steps: int | None = None,
         render_mode: str = "rgb_array",
         physics_dt: float | None = None,
@@ -77,7 +76,6 @@ class SimEnv(gym.Env):
         self.render_size = render_size or image_size
         self.render_mode = render_mode
         self.with_expert = expert
-        self.expert_noise = expert_noise
         self._max_steps_override = max_steps
         self.physics_dt = (
             physics_dt  # None: the suite's PHYSICS_DT (sim/robosuite_envs.py); robosuite's own is 0.002
@@ -120,7 +118,7 @@ class SimEnv(gym.Env):
         if self.with_expert:
             from sim.experts import make_expert
 
-            self._expert = make_expert(self._rs, self.task_spec, noise=self.expert_noise)
+            self._expert = make_expert(self._rs, self.task_spec)
 
     def _make_robosuite_env(self):
         from sim.robosuite_envs import PHYSICS_DT, LiftTask, SpatialTabletop, StackTask, physics_dt
@@ -153,7 +151,7 @@ class SimEnv(gym.Env):
         self._lifted: set[str] = set()
         self._ended: tuple | None = None
         if self._expert is not None:
-            self._expert.reset(np.random.default_rng([seed, 2]))
+            self._expert.reset()
         return self._observation(obs), self._info(success=False)
 
     def step(self, action):

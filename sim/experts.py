@@ -1,8 +1,8 @@
 """Scripted experts: closed-loop pick-and-place from privileged state (true object poses).
 
 A phase machine over waypoints, each tracked with a proportional controller in the OSC_POSE delta action space.
-Being closed-loop, it recovers from the noise that `noise > 0` injects into its own actions (so recorded demos
-contain recoveries) and re-tries a grasp that slipped.
+Being closed-loop, it recovers from perturbed execution (sim-record's `noise`, so demos contain recoveries while
+their labels stay the expert's clean actions) and re-tries a grasp that slipped.
 """
 
 import numpy as np
@@ -32,7 +32,6 @@ class PickPlaceExpert:
         pick_half: np.ndarray,
         place: str | None,
         place_top: float,
-        noise: float,
         obstacles: dict[str, tuple[float, float]] | None = None,
     ):
         self.rs = rs_env
@@ -42,12 +41,10 @@ class PickPlaceExpert:
         self.pick_half = np.asarray(pick_half)
         self.place_id = None if place is None else rs_env.sim.model.body_name2id(place)
         self.place_top = place_top  # height of the support's top above its body centre
-        self.noise = noise
         self.site = rs_env.robots[0].eef_site_id["right"]
-        self.reset(np.random.default_rng(0))
+        self.reset()
 
-    def reset(self, rng: np.random.Generator) -> None:
-        self.rng = rng
+    def reset(self) -> None:
         self.phase = "approach"
         self.timer = 0
         self.grasp_yaw = 0.0
@@ -112,10 +109,7 @@ class PickPlaceExpert:
 
     # ------------------------------------------------------------------------------------------- policy
     def act(self) -> np.ndarray:
-        action = self._phase_action()
-        if self.noise > 0:
-            action[:6] += self.rng.normal(0.0, self.noise, 6)
-        return np.clip(action, -1.0, 1.0)
+        return np.clip(self._phase_action(), -1.0, 1.0)
 
     def _phase_action(self) -> np.ndarray:
         obj, obj_yaw = self._body(self.pick_id)
@@ -186,7 +180,7 @@ class PickPlaceExpert:
         self.phase, self.timer = phase, 0
 
 
-def make_expert(rs_env, task: SpatialTask | PlainTask, noise: float = 0.0) -> PickPlaceExpert:
+def make_expert(rs_env, task: SpatialTask | PlainTask) -> PickPlaceExpert:
     if isinstance(task, SpatialTask):
         pick = rs_env.objects[task.target].root_body
         place = rs_env.objects[task.destination].root_body
@@ -201,12 +195,11 @@ def make_expert(rs_env, task: SpatialTask | PlainTask, noise: float = 0.0) -> Pi
             np.array(HALF_SIZES[task.object(task.target).kind]),
             place,
             HALF_SIZES[task.object(task.destination).kind][2],
-            noise,
             obstacles,
         )
     if task.robosuite_env == "Lift":
         half = np.array(rs_env.cube.size)
-        return PickPlaceExpert(rs_env, rs_env.cube.root_body, half, None, 0.0, noise)
+        return PickPlaceExpert(rs_env, rs_env.cube.root_body, half, None, 0.0)
     if task.robosuite_env == "Stack":
         return PickPlaceExpert(
             rs_env,
@@ -214,6 +207,5 @@ def make_expert(rs_env, task: SpatialTask | PlainTask, noise: float = 0.0) -> Pi
             np.array(rs_env.cubeA.size),
             rs_env.cubeB.root_body,
             rs_env.cubeB.size[2],
-            noise,
         )
     raise ValueError(f"no expert for task {task.name!r}")

@@ -72,7 +72,7 @@ def record_task(
 
     import sim  # noqa: F401  (registers the gym ids)
 
-    env = gym.make(f"sim/{task}-v0", image_size=image_size, expert=True, expert_noise=noise)
+    env = gym.make(f"sim/{task}-v0", image_size=image_size, expert=True)
     # Streaming encoding feeds frames to the video encoder as they come (no PNG round trip): ~4x faster here.
     ds = LeRobotDataset.create(
         repo_id=repo_id,
@@ -102,14 +102,20 @@ def record_task(
             )
         obs, info = env.reset(seed=seed)
         instruction = env.unwrapped.task_description
+        rng = np.random.default_rng([seed, 3])
         while True:
-            action = obs["expert_action"]
+            # DART-style noise: the arm executes a perturbed action, so the states visit the expert's
+            # recoveries, while the label is its clean action (labelling the noise would teach noise).
+            label = obs["expert_action"].astype(np.float32)
+            executed = label.copy()
+            if noise > 0:
+                executed[:6] = np.clip(executed[:6] + rng.normal(0.0, noise, 6), -1.0, 1.0)
             frame = {f"observation.images.{cam}": obs["pixels"][cam] for cam in CAMERAS}
             frame["observation.state"] = obs["agent_pos"]
-            frame["action"] = action.astype(np.float32)
+            frame["action"] = label
             frame["task"] = instruction
             ds.add_frame(frame)
-            obs, _, terminated, truncated, info = env.step(action)
+            obs, _, terminated, truncated, info = env.step(executed)
             if terminated or truncated:
                 break
         if info["is_success"]:

@@ -135,3 +135,24 @@ def test_failed_expert_episodes_are_dropped_and_counted(tmp_path, monkeypatch):
         32,
         32,
     )  # video frames line up with data
+
+
+def test_noise_perturbs_execution_but_labels_stay_the_experts_clean_actions(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from sim.env import SimEnv
+    from sim.record import record_task
+
+    executed, real_step = [], SimEnv.step
+    monkeypatch.setattr(SimEnv, "step", lambda self, a: executed.append(np.array(a)) or real_step(self, a))
+    report = record_task("lift", 1, 0, 0.3, 32, tmp_path / "ds", "local/x")
+    labels = np.concatenate(
+        [np.stack(pq.read_table(f).column("action").to_pylist()) for f in sorted((tmp_path / "ds").glob("data/*/*"))]
+    )
+    executed = np.stack(executed[-len(labels) :])  # the successful attempt
+    assert report["episodes"] == 1
+    assert np.abs(executed[:, :6] - labels[:, :6]).mean() > 0.1  # the arm was perturbed ...
+    assert np.array_equal(executed[:, 6], labels[:, 6])  # ... not the gripper
+    # ... while the labels are the smooth closed-loop corrections, not noise
+    assert np.median(np.abs(np.diff(labels[:, 3:6], axis=0))) < 0.05
+    assert np.median(np.abs(np.diff(executed[:, 3:6], axis=0))) > 0.2
