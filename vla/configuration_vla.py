@@ -39,6 +39,10 @@ class VLAConfig(PreTrainedConfig):
     fast_max_tokens: int = 128  # decoding budget of a FAST chunk (it ends with <|im_end|>)
     chunk_size: int = 8
     n_action_steps: int = 8  # actions of each chunk executed before the next call
+    # bins only: > 0 trains against a Gaussian of this std (in bins) around the target bin instead of a one-hot
+    # (HL-Gauss, "classification as regression"): neighbouring bins share credit, so a diffuse dimension's
+    # prediction stays near its centre instead of piling onto the clipped end bins that greedy decoding picks.
+    bin_label_sigma: float = 0.0
 
     # Inputs: cameras observation.images.<name> in prompt order, each resized to image_size^2; the state as
     # fixed-precision text of its normalised values, or left out.
@@ -87,6 +91,11 @@ class VLAConfig(PreTrainedConfig):
         if self.action_tokenizer not in ACTION_TOKENIZERS:
             raise ValueError(
                 f"action_tokenizer must be one of {ACTION_TOKENIZERS}, got {self.action_tokenizer!r}"
+            )
+        if self.bin_label_sigma < 0 or (self.bin_label_sigma and self.action_tokenizer != "bins"):
+            raise ValueError(
+                f"bin_label_sigma must be >= 0 and needs action_tokenizer='bins' (FAST tokens are not ordered), "
+                f"got {self.bin_label_sigma} with {self.action_tokenizer!r}"
             )
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")

@@ -83,6 +83,18 @@ def dataset_action_chunks(dataset_meta, chunk_size: int, limit: int = FAST_TRAIN
     return chunks
 
 
+def soft_bin_cross_entropy(logits: Tensor, wanted: Tensor, token_range: range, sigma: float) -> Tensor:
+    """Cross-entropy against a Gaussian (std `sigma` bins) centred on each wanted bin token, per row.
+
+    The softmax runs over the whole vocabulary, so mass on non-action tokens is still penalised."""
+    bins = torch.arange(len(token_range), device=logits.device, dtype=torch.float32)
+    centre = (wanted - token_range.start).float()[:, None]
+    target = torch.exp(-0.5 * ((bins - centre) / sigma) ** 2)
+    target = target / target.sum(-1, keepdim=True)
+    logp = F.log_softmax(logits, dim=-1)[:, token_range.start : token_range.stop]
+    return -(target * logp).sum(-1)
+
+
 class VLAPolicy(PreTrainedPolicy):
     config_class = VLAConfig
     name = POLICY_TYPE
@@ -332,8 +344,11 @@ class VLAPolicy(PreTrainedPolicy):
         selected = next_labels != IGNORE
         logits = self.model.lm_head(hidden[:, :-1][selected]).float()
         wanted = next_labels[selected]
-        token_loss = F.cross_entropy(logits, wanted, reduction="none")
         rng = self.token_range
+        if self.config.bin_label_sigma > 0:
+            token_loss = soft_bin_cross_entropy(logits, wanted, rng, self.config.bin_label_sigma)
+        else:
+            token_loss = F.cross_entropy(logits, wanted, reduction="none")
         predicted = logits[:, rng.start : rng.stop].argmax(-1) + rng.start
         info = {"token_acc": (predicted == wanted).float().mean().item()}
         if reduction == "none":

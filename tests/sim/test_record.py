@@ -147,7 +147,10 @@ def test_noise_perturbs_execution_but_labels_stay_the_experts_clean_actions(tmp_
     monkeypatch.setattr(SimEnv, "step", lambda self, a: executed.append(np.array(a)) or real_step(self, a))
     report = record_task("lift", 1, 0, 0.3, 32, tmp_path / "ds", "local/x")
     labels = np.concatenate(
-        [np.stack(pq.read_table(f).column("action").to_pylist()) for f in sorted((tmp_path / "ds").glob("data/*/*"))]
+        [
+            np.stack(pq.read_table(f).column("action").to_pylist())
+            for f in sorted((tmp_path / "ds").glob("data/*/*"))
+        ]
     )
     executed = np.stack(executed[-len(labels) :])  # the successful attempt
     assert report["episodes"] == 1
