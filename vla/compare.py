@@ -181,7 +181,7 @@ def run_chain(cfg: DictConfig) -> dict:
                 "vst-bench",
                 f"model={ckpt}",
                 f"data={data}/bench*/shard-*.parquet",
-                "max_new_tokens=128",
+                f"max_new_tokens={cfg.bench.max_new_tokens}",
                 f"output_dir={out / 'bench' / name}",
             ),
         )

@@ -40,6 +40,9 @@ def test_vla_compare_end_to_end_ci_sized(tmp_path):
     assert report["paired"]["episodes"] == 1
     assert set(report["policies"]) == {"baseline-VLA", "vst-VLA", "ACT"}
     assert report["bench"]["vst"] and report["bench"]["baseline"]
+    backbones = json.loads((out / "backbones.json").read_text())
+    assert set(backbones["stages"]) == {"baseline", "sft", "cot", "vst"}
+    assert (out / "backbones.md").exists() and (out / "curves.png").exists()
     assert list((out / "eval" / "vst-VLA" / "videos").rglob("*.mp4"))
     # a rerun reuses every finished step
     steps_before = json.loads((out / "steps.json").read_text())
