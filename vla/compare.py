@@ -219,6 +219,8 @@ def run_chain(cfg: DictConfig) -> dict:
                 f"steps={cfg.vla.steps}",
                 f"batch_size={cfg.vla.batch_size}",
                 f"lr={cfg.vla.lr}",
+                f"policy.optimizer_lr_vision={cfg.vla.lr_vision}",
+                f"policy.bin_label_sigma={cfg.vla.bin_label_sigma}",
                 f"chunk_size={cfg.vla.chunk_size}",
                 f"policy.image_size={cfg.vla.image_size}",
                 f"seed={cfg.seed + 1000}",
