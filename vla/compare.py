@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sim.report import bar_chart, mcnemar, write_json
-from vst.report import write_backbone_report
+from vst.pipeline_report import write_backbone_report
 
 log = logging.getLogger(__name__)
 

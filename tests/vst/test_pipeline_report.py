@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from vst.report import backbone_table, write_backbone_report
+from vst.pipeline_report import backbone_table, write_backbone_report
 
 
 def _bench(root: Path, name: str, spatial: dict[str, float], general: dict[str, float]) -> None:
