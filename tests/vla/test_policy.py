@@ -24,6 +24,20 @@ def _randomize_llm(policy, seed=0):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
+def _train(policy, batch: dict, steps: int) -> tuple[list[float], dict]:
+    """`steps` AdamW steps on one batch: the losses and the last step's info."""
+    optimizer = torch.optim.AdamW(policy.get_optim_params(), lr=2e-3)
+    policy.train()
+    losses = []
+    for _ in range(steps):
+        loss, info = policy.forward(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses, info
+
+
 def _episode0_tail(vla) -> int:
     """First of the last 4 frames of episode 0: their 4-step chunks run 0..3 steps past its end."""
     return int(vla.meta.episodes["length"][0]) - 4
@@ -54,15 +68,7 @@ def test_training_steps_reduce_the_loss(vla):
     policy, pre, _ = vla.policy()
     batch = vla.batch(pre, chunk_size=4, start=_episode0_tail(vla))  # chunks run past the episode's end
     assert batch["action_is_pad"].any()
-    optimizer = torch.optim.AdamW(policy.get_optim_params(), lr=2e-3)
-    policy.train()
-    losses = []
-    for _ in range(8):
-        loss, info = policy.forward(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses, info = _train(policy, batch, steps=8)
     assert losses[-1] < 0.7 * losses[0], losses
     assert 0.0 <= info["token_acc"] <= 1.0
     per_sample, _ = policy.forward(batch, reduction="none")
@@ -387,13 +393,6 @@ def test_soft_bin_targets_give_credit_to_neighbouring_bins():
 def test_training_with_soft_bin_targets_reduces_the_loss(vla):
     policy, pre, _ = vla.policy(bin_label_sigma=2.0)
     batch = vla.batch(pre, chunk_size=4)
-    optimizer = torch.optim.AdamW(policy.get_optim_params(), lr=2e-3)
-    losses = []
-    for _ in range(8):
-        loss, _ = policy.forward(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses, _ = _train(policy, batch, steps=8)
     # the soft target's own entropy (~2.1 nats at sigma 2) is the floor, so compare the drop, not a ratio
     assert losses[-1] < losses[0] - 1.0, losses
