@@ -94,6 +94,8 @@ def _act_commands(cfg, demos: Path, out: Path) -> tuple[list[str], list[str] | N
 
 
 def run_chain(cfg: DictConfig) -> dict:
+    if cfg.stop_after not in (None, "backbones"):
+        raise ValueError(f"stop_after must be null or 'backbones', got {cfg.stop_after!r}")
     out = Path(cfg.output_dir).resolve()
     env = dict(os.environ)
     if cfg.cpu_threads:

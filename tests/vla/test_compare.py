@@ -62,3 +62,13 @@ def test_steps_run_once_and_refuse_a_changed_command(tmp_path):
     with pytest.raises(RuntimeError, match="failed"):
         steps.run("bad", [sys.executable, "-c", "raise SystemExit(3)"])
     assert "bad" not in json.loads((tmp_path / "steps.json").read_text())
+
+
+def test_unknown_stop_after_is_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    from vla.compare import run_chain
+
+    with pytest.raises(ValueError, match="stop_after"):
+        run_chain(OmegaConf.create({"stop_after": "vla", "output_dir": str(tmp_path)}))
+    assert not list(tmp_path.iterdir())  # nothing written

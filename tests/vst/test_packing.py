@@ -7,14 +7,7 @@ from vst.backbone import build_backbone
 from vst.packing import IGNORE, pack, pad, plan_micro_batches, shift_targets, use_varlen_attention
 from vst.sft import encode_row, token_loss_sum
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On the shared 2-core machine one torch thread per process runs these tests ~2.5x faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 FAST = ["train.pack_tokens=384", "train.max_seq_len=256", "train.log_every=1", "train.lr=1e-3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On the shared 2-core machine one torch thread per process runs these tests ~2.5x faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
