@@ -53,8 +53,11 @@ def _identity(x):
     return x
 
 
-def load_policy(spec: str, device: str = "cpu", seed: int = 0):
-    """'expert' | 'random' | path to a LeRobot `pretrained_model` dir -> (policy, preprocessor, postprocessor)."""
+def load_policy(spec: str, device: str = "cpu", seed: int = 0, n_action_steps: int | None = None):
+    """'expert' | 'random' | path to a LeRobot `pretrained_model` dir -> (policy, preprocessor, postprocessor).
+
+    `n_action_steps` executes only the first N actions of each predicted chunk before predicting again
+    (receding horizon): more reactive, N times the calls; the checkpoint's own value when None."""
     if spec == "expert":
         return ExpertPolicy(), _identity, _identity
     if spec == "random":
@@ -75,6 +78,13 @@ def load_policy(spec: str, device: str = "cpu", seed: int = 0):
 
     cfg = PreTrainedConfig.from_pretrained(path)
     cfg.device = device
+    if n_action_steps is not None:
+        chunk = getattr(cfg, "chunk_size", None)
+        if not hasattr(cfg, "n_action_steps") or chunk is None:
+            raise ValueError(f"n_action_steps={n_action_steps}: the {cfg.type} policy does not predict chunks")
+        if not 1 <= n_action_steps <= chunk:
+            raise ValueError(f"n_action_steps={n_action_steps} must lie in 1..chunk_size ({chunk}) of {path}")
+        cfg.n_action_steps = n_action_steps
     policy = get_policy_class(cfg.type).from_pretrained(path, config=cfg)
     policy.to(device).eval()
     pre, post = make_pre_post_processors(

@@ -373,6 +373,24 @@ def test_reload_through_lerobot_path_and_closed_loop_rollout(vla, tmp_path):
     assert (out / "summary.json").is_file()
 
 
+def test_eval_executes_fewer_actions_per_chunk_when_asked(vla, tmp_path):
+    """sim-eval n_action_steps=N: predict again after N actions of each chunk (receding horizon)."""
+    from sim.policies import load_policy
+
+    policy, pre, post = vla.policy()
+    saved = vla.save(policy, pre, post, tmp_path / "ckpt")
+    loaded, pre2, _ = load_policy(str(saved), device="cpu", n_action_steps=1)
+    calls = []
+    predict = loaded.predict_action_chunk
+    loaded.predict_action_chunk = lambda b: calls.append(1) or predict(b)
+    batch = pre2(_raw_batch(vla))
+    loaded.reset()
+    first = [loaded.select_action(batch) for _ in range(3)]
+    assert len(calls) == 3 and torch.equal(first[0], first[1])  # same observation, same chunk, first action
+    with pytest.raises(ValueError, match=r"1\.\.chunk_size"):
+        load_policy(str(saved), device="cpu", n_action_steps=policy.config.chunk_size + 1)
+
+
 def test_soft_bin_targets_give_credit_to_neighbouring_bins():
     from vla.configuration_vla import VLAConfig
     from vla.modeling_vla import soft_bin_cross_entropy
