@@ -121,7 +121,9 @@ def evaluate(cfg: DictConfig) -> dict:
         # The env workers already use the cores: a policy spinning 2 OpenMP threads beside them is many times
         # slower than one thread (measured ~40x for the tiny VLA on 2 cores).
         torch.set_num_threads(cfg.cpu_threads)
-    policy, pre, post = load_policy(str(cfg.policy), device=device, seed=cfg.seed, n_action_steps=cfg.n_action_steps)
+    policy, pre, post = load_policy(
+        str(cfg.policy), device=device, seed=cfg.seed, n_action_steps=cfg.n_action_steps
+    )
 
     episodes_path = out / "episodes.jsonl"
     done = (

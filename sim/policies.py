@@ -81,7 +81,9 @@ def load_policy(spec: str, device: str = "cpu", seed: int = 0, n_action_steps: i
     if n_action_steps is not None:
         chunk = getattr(cfg, "chunk_size", None)
         if not hasattr(cfg, "n_action_steps") or chunk is None:
-            raise ValueError(f"n_action_steps={n_action_steps}: the {cfg.type} policy does not predict chunks")
+            raise ValueError(
+                f"n_action_steps={n_action_steps}: the {cfg.type} policy does not predict chunks"
+            )
         if not 1 <= n_action_steps <= chunk:
             raise ValueError(f"n_action_steps={n_action_steps} must lie in 1..chunk_size ({chunk}) of {path}")
         cfg.n_action_steps = n_action_steps
