@@ -1,8 +1,9 @@
 """The gymnasium environment every part of the project talks to (recording, evaluation, lerobot-eval).
 
 Contract (what `lerobot-eval` expects): observation `{"pixels": {"agentview", "wrist"}: HxWx3 uint8, upright,
-"agent_pos": float32 (8,) = eef position (3), eef axis-angle (3), finger positions (2)}`, a 7-D Box action
-(OSC_POSE deltas dx dy dz droll dpitch dyaw in [-1, 1] and the gripper, -1 open / +1 closed, as in LIBERO),
+"agent_pos": float32 (8,) = eef position (3), the eef's rotation away from the hand-down pose as axis-angle (3),
+finger positions (2)}`, a 7-D Box action (OSC_POSE deltas dx dy dz droll dpitch dyaw in [-1, 1] and the gripper,
+-1 open / +1 closed, as in LIBERO),
 `info["is_success"]`, `task_description`, `render()`. Episodes end (`terminated`) on success; `truncated` at the
 task's step budget. `reset(seed=s)` reproduces the same initial state on any machine.
 """
@@ -13,6 +14,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
+from scipy.spatial.transform import Rotation
 
 from sim.render import CameraRenderer, simplify_robot_visuals
 from sim.tasks import PlainTask, SpatialTask, get_task
@@ -30,16 +32,17 @@ class UnstableSimulation(RuntimeError):
     pass
 
 
-def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
-    """robosuite's eef quaternion (x, y, z, w) to an axis-angle vector (the LIBERO state convention)."""
-    x, y, z, w = quat_xyzw
-    w = float(np.clip(w, -1.0, 1.0))
-    if w < 0:
-        x, y, z, w = -x, -y, -z, -w
-    s = np.sqrt(max(1.0 - w * w, 0.0))
-    if s < 1e-8:
-        return np.zeros(3)
-    return np.array([x, y, z]) / s * 2.0 * np.arccos(w)
+# The hand pointing down, fingers opening along world y: the orientation robosuite's Panda starts in.
+GRIPPER_DOWN = Rotation.from_matrix([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+
+
+def eef_rotation(site_xmat: np.ndarray) -> np.ndarray:
+    """Axis-angle (world frame) of the hand's rotation away from GRIPPER_DOWN.
+
+    Not the absolute axis-angle (LIBERO's): a downward hand sits at a half turn, where that vector flips sign
+    (+pi <-> -pi) with any small tilt, which turns the state into noise for a learned policy. Relative to the
+    downward hand it is ~0 and continuous over the whole workspace."""
+    return (Rotation.from_matrix(np.asarray(site_xmat).reshape(3, 3)) * GRIPPER_DOWN.inv()).as_rotvec()
 
 
 def _robosuite_kwargs(max_steps: int) -> dict:
@@ -214,9 +217,11 @@ class SimEnv(gym.Env):
             raise UnstableSimulation("MuJoCo reported bad accelerations (simulation reset internally)")
 
     def _state(self, obs: dict) -> np.ndarray:
-        return np.concatenate(
-            [obs["robot0_eef_pos"], quat_to_axis_angle(obs["robot0_eef_quat"]), obs["robot0_gripper_qpos"]]
-        ).astype(np.float32)
+        site = self._rs.robots[0].eef_site_id["right"]
+        rotation = eef_rotation(self._rs.sim.data.site_xmat[site])
+        return np.concatenate([obs["robot0_eef_pos"], rotation, obs["robot0_gripper_qpos"]]).astype(
+            np.float32
+        )
 
     def _observation(self, obs: dict) -> dict:
         by_camera = self._renderer.render(self._data)

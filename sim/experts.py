@@ -8,6 +8,7 @@ their labels stay the expert's clean actions) and re-tries a grasp that slipped.
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from sim.env import GRIPPER_DOWN as DOWN
 from sim.objects import HALF_SIZES
 from sim.tasks import TABLE_TOP, PlainTask, SpatialTask
 
@@ -17,9 +18,6 @@ HOVER = 0.10  # above the object's top before descending
 CARRY_Z = TABLE_TOP + 0.17
 OPEN, CLOSED = -1.0, 1.0
 CARRY_SPEED = 0.5  # of the max 5 cm/step: faster and a cube held by its edges swings out of the fingers
-
-# Gripper pointing down, fingers opening along world y: the orientation robosuite's Panda starts in.
-DOWN = Rotation.from_matrix([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
 class PickPlaceExpert:

@@ -46,7 +46,16 @@ def dataset_features(image_size: int) -> dict:
     feats["observation.state"] = {
         "dtype": "float32",
         "shape": (STATE_DIM,),
-        "names": ["eef_x", "eef_y", "eef_z", "eef_rx", "eef_ry", "eef_rz", "finger_left", "finger_right"],
+        "names": [
+            "eef_x",
+            "eef_y",
+            "eef_z",
+            "eef_rot_x",
+            "eef_rot_y",
+            "eef_rot_z",
+            "finger_left",
+            "finger_right",
+        ],
     }
     feats["action"] = {
         "dtype": "float32",

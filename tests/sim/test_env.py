@@ -1,9 +1,10 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 import sim  # noqa: F401
-from sim.env import ACTION_DIM, CAMERAS, STATE_DIM, SimEnv, quat_to_axis_angle
+from sim.env import ACTION_DIM, CAMERAS, GRIPPER_DOWN, STATE_DIM, SimEnv, eef_rotation
 from sim.init_states import expected_digests, state_digest
 from sim.palette import TABLE_RGBA
 from sim.tasks import TASKS
@@ -27,8 +28,12 @@ def test_task_contract_expert_and_initial_states(name):
         assert info["is_success"] is False
         for seed in (11, 12):  # training-range seeds
             obs, _ = env.reset(seed=seed)
+            assert np.linalg.norm(obs["agent_pos"][3:6]) < 0.3  # the hand starts (about) pointing down
             for _ in range(env.max_steps):
+                previous = obs["agent_pos"]
                 obs, reward, terminated, truncated, info = env.step(obs["expert_action"])
+                # the rotation part of the state is continuous (no +-pi flips)
+                assert np.abs(obs["agent_pos"][3:6] - previous[3:6]).max() < 0.3
                 if terminated or truncated:
                     break
             assert info["is_success"], f"expert failed {name} seed {seed}: {info.get('failure_reason')}"
@@ -97,9 +102,13 @@ def test_gym_registration_and_reset_determinism():
     env.close()
 
 
-def test_axis_angle_of_identity_and_half_turn():
-    np.testing.assert_allclose(quat_to_axis_angle(np.array([0, 0, 0, 1.0])), 0)
-    np.testing.assert_allclose(quat_to_axis_angle(np.array([1.0, 0, 0, 0])), [np.pi, 0, 0], atol=1e-9)
+def test_eef_rotation_is_zero_pointing_down_and_continuous_where_axis_angle_flips():
+    np.testing.assert_allclose(eef_rotation(GRIPPER_DOWN.as_matrix()), 0, atol=1e-12)
+    for sign in (-1, 1):  # a 0.05 rad tilt either way: the absolute axis-angle jumps by ~2 pi, ours by 0.1
+        tilted = Rotation.from_rotvec([sign * 0.05, 0, 0]) * GRIPPER_DOWN
+        np.testing.assert_allclose(eef_rotation(tilted.as_matrix()), [sign * 0.05, 0, 0], atol=1e-9)
+    a, b = (Rotation.from_rotvec([s * 0.05, 0, 0]) * GRIPPER_DOWN for s in (-1, 1))
+    assert np.linalg.norm(a.as_rotvec() - b.as_rotvec()) > 3  # what LIBERO's state convention does here
 
 
 def test_lerobot_env_config_makes_vector_envs():
