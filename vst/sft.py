@@ -100,6 +100,16 @@ class WandbConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """Earlier-stage rows mixed into this stage's rows (e.g. direct-answer rows in the CoT stage), so the model
+    keeps what it learned before; `fraction` of the final row list comes from here (0 = off)."""
+
+    data: list[str] = field(default_factory=list)  # Parquet files / directories / globs of VST rows
+    row_types: list[str] | None = None  # keep replay rows of these `type`s; None = all
+    fraction: float = 0.0
+
+
+@dataclass
 class SFTConfig:
     stage: str
     model: str  # preset, checkpoint directory or hub id to start from
@@ -109,11 +119,18 @@ class SFTConfig:
     cache_dir: str | None = None  # where built presets are cached
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self):
-        t = self.train
+        t, r = self.train, self.replay
         if isinstance(self.data, str):
             self.data = [self.data]
+        if isinstance(r.data, str):
+            r.data = [r.data]
+        if not 0 <= r.fraction < 1:
+            raise ValueError(f"replay.fraction must be in [0, 1), not {r.fraction}")
+        if r.fraction > 0 and not r.data:
+            raise ValueError(f"replay.fraction={r.fraction} needs replay.data (rows to replay)")
         if t.packing and t.pack_tokens < t.max_seq_len:
             raise ValueError(f"pack_tokens={t.pack_tokens} must be >= max_seq_len={t.max_seq_len}")
         if t.lora.enabled and t.freeze_llm:
@@ -139,6 +156,25 @@ def load_rows(data: list[str], row_types: list[str] | None) -> list[dict]:
     if not rows:
         raise ValueError(f"no rows of types {row_types} in {data}")
     return rows
+
+
+def mix_replay(rows: list[dict], replay_rows: list[dict], fraction: float, seed: int) -> list[dict]:
+    """`rows` plus k = round(len(rows) * fraction / (1 - fraction)) replay rows drawn with a generator seeded by
+    `seed` (so `fraction` of the result is replay), without replacement when there are enough, else with."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"replay fraction must be in [0, 1), not {fraction}")
+    k = round(len(rows) * fraction / (1 - fraction))
+    if k == 0:
+        return list(rows)
+    if not replay_rows:
+        raise ValueError(f"{k} replay rows asked for but there are none")
+    replace = k > len(replay_rows)
+    if replace:
+        log.warning(
+            "replay: %d rows asked for but only %d exist; drawing with replacement", k, len(replay_rows)
+        )
+    picks = np.random.default_rng(seed).choice(len(replay_rows), size=k, replace=replace)
+    return list(rows) + [replay_rows[i] for i in picks.tolist()]
 
 
 def _image(data, row_id: str) -> Image.Image:
@@ -357,6 +393,8 @@ def token_loss_sum(model, batch: dict) -> torch.Tensor:
 def fingerprint(cfg: SFTConfig, world: int) -> dict:
     """What fixes the data order and schedule; a resumed run must match it."""
     run = {"model": cfg.model, "data": list(cfg.data), "row_types": cfg.row_types, "world": world}
+    if cfg.replay.fraction > 0:  # only when on, so checkpoints saved before replay existed still resume
+        run["replay"] = asdict(cfg.replay)
     return run | {k: getattr(cfg.train, k) for k in ORDER_KEYS}
 
 
@@ -397,6 +435,13 @@ def train(cfg: SFTConfig) -> dict:
     """Run (or resume) one supervised stage; returns a summary with the final checkpoint path and rates."""
     t, out = cfg.train, Path(cfg.output_dir)
     rows = load_rows(cfg.data, cfg.row_types)
+    if cfg.replay.fraction > 0:
+        n_stage = len(rows)
+        rows = mix_replay(rows, load_rows(cfg.replay.data, cfg.replay.row_types), cfg.replay.fraction, t.seed)
+        log.info(
+            "replay: mixed %d rows of types %s into %d stage rows (fraction %.2f)",
+            len(rows) - n_stage, cfg.replay.row_types, n_stage, cfg.replay.fraction,
+        )  # fmt: skip
     bf16 = t.bf16 == "true" or (t.bf16 == "auto" and torch.cuda.is_available())
     text_only = any(not r.get("images") for r in rows)  # then some batch may leave the vision tower unused
     accelerator = Accelerator(

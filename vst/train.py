@@ -22,6 +22,8 @@ def sft_config(cfg: DictConfig):
     raw = OmegaConf.to_container(cfg, resolve=True)
     if isinstance(raw["data"], str):
         raw["data"] = [raw["data"]]
+    if isinstance((raw.get("replay") or {}).get("data"), str):  # replay.data=PATH on the command line
+        raw["replay"]["data"] = [raw["replay"]["data"]]
     schema = OmegaConf.structured(SFTConfig)
     return OmegaConf.to_object(OmegaConf.merge(schema, raw))
 

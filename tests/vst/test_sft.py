@@ -237,3 +237,55 @@ def test_accumulated_gradient_is_the_token_mean_of_the_whole_step(cache):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert (n_samples, n_tokens) == (5, sum(len(s["input_ids"]) for s in samples))
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_mix_replay_count_fraction_and_seed():
+    rows, replay = make_rows(14, 0, "spatial_thought"), make_rows(20, 1, "general")
+    mixed = S.mix_replay(rows, replay, 0.3, seed=0)
+    assert mixed[:14] == rows and len(mixed) == 20  # k = round(14 * 0.3 / 0.7) = 6
+    ids = [r["id"] for r in mixed[14:]]
+    assert len(set(ids)) == 6 and all(i.startswith("general-") for i in ids)  # without replacement
+    assert [r["id"] for r in S.mix_replay(rows, replay, 0.3, seed=0)[14:]] == ids
+    assert [r["id"] for r in S.mix_replay(rows, replay, 0.3, seed=1)[14:]] != ids
+    assert S.mix_replay(rows, replay, 0.0, seed=0) == rows
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        S.mix_replay(rows, replay, 1.0, seed=0)
+
+
+def test_mix_replay_with_replacement_when_few(caplog):
+    rows, replay = make_rows(10, 0, "spatial_thought"), make_rows(3, 1, "general")
+    with caplog.at_level("WARNING", logger="vst.sft"):
+        mixed = S.mix_replay(rows, replay, 0.5, seed=0)
+    assert len(mixed) == 20 and {r["id"] for r in mixed[10:]} <= {r["id"] for r in replay}
+    assert "with replacement" in caplog.text
+
+
+def test_replay_config_is_checked_and_fingerprinted(data, cache, tmp_path):
+    cot = config("cot", data, tmp_path, cache)
+    assert cot.replay == S.ReplayConfig()  # off by default
+    on = ["replay.row_types=[perception,general]", "replay.fraction=0.3"]
+    cfg = config("cot", data, tmp_path, cache, f"replay.data={data}", *on)
+    assert cfg.replay.data == [data] and cfg.replay.row_types == ["perception", "general"]
+    with pytest.raises(ValueError, match=r"replay.fraction=0.3 needs replay.data"):
+        config("cot", data, tmp_path, cache, *on)
+    with pytest.raises(ValueError, match=r"replay.fraction must be in \[0, 1\)"):
+        config("cot", data, tmp_path, cache, f"replay.data={data}", "replay.fraction=1.0")
+    with pytest.raises(ValueError, match=r"replay.fraction must be in \[0, 1\)"):
+        S.SFTConfig("cot", "tiny", data, str(tmp_path), replay=S.ReplayConfig(data, None, -0.1))
+    assert S.SFTConfig("cot", "tiny", data, str(tmp_path), replay=S.ReplayConfig(data)).replay.data == [data]
+    fp = S.fingerprint(cfg, 1)
+    assert fp["replay"] == {"data": [data], "row_types": ["perception", "general"], "fraction": 0.3}
+    assert "replay" not in S.fingerprint(cot, 1)  # off: fingerprints of older checkpoints still match
+    other = config("cot", data, tmp_path, cache, f"replay.data={data}", *on[:1], "replay.fraction=0.5")
+    assert S.fingerprint(other, 1) != fp
+
+
+def test_cot_with_replay_trains_and_refuses_other_replay_on_resume(data, cache, tmp_path, caplog):
+    replay = [f"replay.data={data}", "replay.row_types=[perception,general]"]
+    with caplog.at_level("INFO", logger="vst.sft"):
+        summary = S.train(
+            config("cot", data, tmp_path, cache, *replay, "replay.fraction=0.5", "train.max_steps=1")
+        )
+    assert summary["steps"] == 1 and "replay: mixed 6 rows" in caplog.text  # 6 CoT rows + 6 replayed
+    with pytest.raises(ValueError, match="checkpoints of a different run.*replay"):
+        S.train(config("cot", data, tmp_path, cache, *replay, "replay.fraction=0.3", "train.max_steps=1"))
