@@ -153,6 +153,9 @@ def run_chain(cfg: DictConfig) -> dict:
         ("cot", bb / "sft" / "model", data / "cot", p.cot_steps, []),
         ("rl", bb / "cot" / "model", data / "rl", p.rl_steps, [f"rl.num_generations={p.rl_num_generations}"]),
     ]
+    if p.cot_replay:  # the CoT stage keeps answering directly: a share of the SFT rows stays in its mix
+        replay = [f"replay.data={data / 'train'}", "replay.row_types=[perception,general]"]
+        stages[2][4].extend([*replay, f"replay.fraction={p.cot_replay}"])
     for stage, start, rows, n_steps, extra in stages:
         extra = [*extra, *p.overrides.get(stage, [])]
         steps.run(

@@ -72,3 +72,19 @@ def test_unknown_stop_after_is_refused(tmp_path):
     with pytest.raises(ValueError, match="stop_after"):
         run_chain(OmegaConf.create({"stop_after": "vla", "output_dir": str(tmp_path)}))
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cot_replay_mixes_sft_rows_into_the_cot_stage(tmp_path, caplog):
+    from hydra import compose, initialize_config_dir
+
+    from vla.compare import run_chain
+
+    configs = str(Path(__file__).parents[2] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose("vla_compare", [f"output_dir={tmp_path}", "dry_run=true", "pipeline.cot_replay=0.3"])
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(cfg)
+    cot = next(r.message for r in caplog.records if r.message.startswith("step train_cot:"))
+    assert f"replay.data={tmp_path}/data/train" in cot and "replay.fraction=0.3" in cot
+    sft = next(r.message for r in caplog.records if r.message.startswith("step train_sft:"))
+    assert "replay.fraction" not in sft
