@@ -46,7 +46,8 @@ def make_vector_env(task: str, workers: int, image_size: int, expert: bool, max_
     return gym.vector.AsyncVectorEnv(fns, context="forkserver", **mode)
 
 
-def _to_batch(obs: dict, task_description: str, n: int) -> dict:
+def policy_batch(obs: dict, task_description: str, n: int) -> dict:
+    """Vectorised env observations -> the LeRobot batch a policy's preprocessor takes (as lerobot-eval builds it)."""
     from lerobot.envs.utils import preprocess_observation
 
     batch = preprocess_observation(obs)
@@ -71,7 +72,7 @@ def run_round(venv, policy, pre, post, task: str, seeds: list[int], record_video
     frames = [[_frame(obs, i)] if record_video[i] else None for i in range(len(seeds))]
     t0 = time.perf_counter()
     while not done.all():
-        batch = pre(_to_batch(obs, description, n))
+        batch = pre(policy_batch(obs, description, n))
         with torch.inference_mode():
             action = post(policy.select_action(batch))
         action = action.detach().to("cpu", torch.float32).numpy()

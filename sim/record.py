@@ -1,9 +1,13 @@
 """`sim-record`: scripted-expert demonstrations into a LeRobotDataset (v3, local, offline).
 
     sim-record task=spatial episodes=50 noise=0.1 workers=2 output_dir=DIR
+    sim-record task=spatial episodes=20 policy=CKPT expert_mix=0.0 seed=1 output_dir=DIR   (DAgger round)
 
 Each task is recorded by a worker process into its own shard (a complete LeRobotDataset under DIR.partial/),
-then the shards are merged into DIR with LeRobot's `aggregate_datasets`. An interrupted run resumes: finished
+then the shards are merged into DIR with LeRobot's `aggregate_datasets`. With `policy=` a learned policy drives
+instead (each step the expert's action with probability `expert_mix`) while every frame is labelled with the
+expert's action: the states a policy actually reaches, with the corrections it should have made (DAgger). Those
+episodes are all kept, successful or not, and their success is reported. An interrupted run resumes: finished
 shards are kept, an unfinished one is recorded again. Failed expert episodes are dropped and counted. Demos use
 training seeds (below the evaluation seed base), so no demo starts from an evaluation state.
 
@@ -74,13 +78,24 @@ def record_task(
     root: Path,
     repo_id: str,
     progress=None,
+    policy: str | None = None,
+    expert_mix: float = 0.0,
 ) -> dict:
-    """Record `episodes` successful expert episodes of one task into a fresh LeRobotDataset at `root`."""
+    """Record `episodes` episodes of one task into a fresh LeRobotDataset at `root`, labelled with the expert's
+    actions: successful expert episodes, or with `policy` (a checkpoint dir) every episode that policy drives."""
     import gymnasium as gym
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     import sim  # noqa: F401  (registers the gym ids)
 
+    driver = None
+    if policy is not None:
+        import torch
+
+        from sim.policies import load_policy
+
+        torch.set_num_threads(1)  # one per worker process: the workers already fill the cores
+        driver = load_policy(policy, device="cpu")
     env = gym.make(f"sim/{task}-v0", image_size=image_size, expert=True)
     # Streaming encoding feeds frames to the video encoder as they come (no PNG round trip): ~4x faster here.
     ds = LeRobotDataset.create(
@@ -91,7 +106,7 @@ def record_task(
         robot_type=ROBOT_TYPE,
         streaming_encoding=True,
     )
-    recorded, failed, seeds, reasons = 0, 0, [], {}
+    recorded, failed, seeds, reasons, successes = 0, 0, [], {}, 0
     seed = first_seed
     max_attempts = 3 * episodes + 20
     if first_seed + max_attempts > EVAL_SEED_BASE or max_attempts > SEEDS_PER_RUN_SEED:
@@ -112,11 +127,19 @@ def record_task(
         obs, info = env.reset(seed=seed)
         instruction = env.unwrapped.task_description
         rng = np.random.default_rng([seed, 3])
+        if driver is not None:
+            driver[0].reset()
         while True:
             # DART-style noise: the arm executes a perturbed action, so the states visit the expert's
             # recoveries, while the label is its clean action (labelling the noise would teach noise).
             label = obs["expert_action"].astype(np.float32)
             executed = label.copy()
+            if driver is not None:
+                acted = _policy_action(
+                    driver, obs, instruction
+                )  # every step: the policy's queue stays in step
+                if rng.random() >= expert_mix:
+                    executed = acted
             if noise > 0:
                 executed[:6] = np.clip(executed[:6] + rng.normal(0.0, noise, 6), -1.0, 1.0)
             frame = {f"observation.images.{cam}": obs["pixels"][cam] for cam in CAMERAS}
@@ -127,7 +150,8 @@ def record_task(
             obs, _, terminated, truncated, info = env.step(executed)
             if terminated or truncated:
                 break
-        if info["is_success"]:
+        successes += bool(info["is_success"])
+        if info["is_success"] or driver is not None:
             ds.save_episode()
             recorded += 1
             seeds.append(seed)
@@ -147,8 +171,28 @@ def record_task(
         "failure_reasons": reasons,
         "seeds": seeds,
     }
+    if driver is not None:
+        report |= {"policy": policy, "expert_mix": expert_mix, "policy_successes": successes}
     write_json(root / "DONE.json", report)
     return report
+
+
+def _policy_action(driver, obs: dict, instruction: str) -> np.ndarray:
+    """One env's observation through a LeRobot policy and its processors, as sim-eval runs it."""
+    import torch
+
+    from sim.evaluate import policy_batch
+
+    policy, pre, post = driver
+    batched = {"pixels": {k: v[None] for k, v in obs["pixels"].items()}, "agent_pos": obs["agent_pos"][None]}
+    with torch.inference_mode():
+        action = post(policy.select_action(pre(policy_batch(batched, instruction, 1))))
+    action = action.detach().to("cpu", torch.float32).numpy()[0]
+    if action.shape != (ACTION_DIM,) or not np.isfinite(action).all():
+        raise ValueError(
+            f"the policy returned an action of shape {action.shape} (want ({ACTION_DIM},), finite)"
+        )
+    return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -171,7 +215,16 @@ def record(cfg: DictConfig) -> dict:
     _prepare_output(out, cfg.overwrite)
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    settings = {k: cfg[k] for k in ("episodes", "noise", "image_size", "seed")} | {"tasks": tasks}
+    if cfg.policy is None and cfg.expert_mix:
+        raise ValueError("expert_mix mixes the expert into a policy's rollouts: it needs policy=CKPT")
+    if not 0.0 <= cfg.expert_mix <= 1.0:
+        raise ValueError(f"expert_mix must lie in [0, 1], got {cfg.expert_mix}")
+    if cfg.policy is not None:
+        from sim.policies import load_policy
+
+        load_policy(str(cfg.policy))  # a bad checkpoint fails here, before any worker starts
+    settings = {k: cfg[k] for k in ("episodes", "noise", "image_size", "seed", "policy", "expert_mix")}
+    settings["tasks"] = tasks
     settings_path = partial / "settings.json"
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise ValueError(
@@ -200,7 +253,8 @@ def record(cfg: DictConfig) -> dict:
         ctx = mp.get_context("forkserver")
         with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
             progress = manager.Queue()
-            futures = {pool.submit(record_task, *job, progress): job[0] for job in jobs}
+            drive = {"policy": None if cfg.policy is None else str(cfg.policy), "expert_mix": cfg.expert_mix}
+            futures = {pool.submit(record_task, *job, progress, **drive): job[0] for job in jobs}
             with tqdm(total=total, unit="ep", desc="sim-record", dynamic_ncols=True) as bar:
                 while bar.n < total and not all(f.done() for f in futures):
                     try:

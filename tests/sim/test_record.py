@@ -68,11 +68,11 @@ def test_interrupted_recording_resumes_keeping_finished_shards(tmp_path, monkeyp
     calls = []
     real = rec.record_task
 
-    def flaky(task, *args):
+    def flaky(task, *args, **kwargs):
         calls.append(task)
         if task == "stack":
             raise KeyboardInterrupt("simulated interruption")
-        return real(task, *args)
+        return real(task, *args, **kwargs)
 
     monkeypatch.setattr(rec, "record_task", flaky)
     cfg = _cfg(out, workers=1)
@@ -82,7 +82,9 @@ def test_interrupted_recording_resumes_keeping_finished_shards(tmp_path, monkeyp
         record(cfg)
     assert (tmp_path / "ds.partial" / "lift" / "DONE.json").exists()
     calls_after = []
-    monkeypatch.setattr(rec, "record_task", lambda task, *a: calls_after.append(task) or real(task, *a))
+    monkeypatch.setattr(
+        rec, "record_task", lambda task, *a, **k: calls_after.append(task) or real(task, *a, **k)
+    )
     summary = record(cfg)
     assert calls_after == ["stack"]  # lift was kept
     assert summary["episodes"] == 2
@@ -100,11 +102,11 @@ class _SerialExecutor:
     def __exit__(self, *exc):
         return False
 
-    def submit(self, fn, *args):
+    def submit(self, fn, *args, **kwargs):
         from concurrent.futures import Future
 
         f = Future()
-        f.set_result(fn(*args[:-1]))  # drop the progress queue
+        f.set_result(fn(*args[:-1], **kwargs))  # drop the progress queue
         return f
 
 
@@ -159,3 +161,39 @@ def test_noise_perturbs_execution_but_labels_stay_the_experts_clean_actions(tmp_
     # ... while the labels are the smooth closed-loop corrections, not noise
     assert np.median(np.abs(np.diff(labels[:, 3:6], axis=0))) < 0.05
     assert np.median(np.abs(np.diff(executed[:, 3:6], axis=0))) > 0.2
+
+
+def test_a_policy_drives_while_the_expert_labels_every_frame(tmp_path, monkeypatch):
+    """DAgger: the executed actions are the policy's, the recorded ones the expert's, failures are kept."""
+    import pyarrow.parquet as pq
+
+    from sim.env import SimEnv
+    from sim.record import record_task
+
+    executed, real_step = [], SimEnv.step
+    monkeypatch.setattr(SimEnv, "step", lambda self, a: executed.append(np.array(a)) or real_step(self, a))
+    report = record_task("lift", 2, 0, 0.0, 32, tmp_path / "ds", "local/x", policy="random")
+    assert report["episodes"] == 2 and report["policy_successes"] == 0  # random never lifts; both kept
+    assert report["seeds"] == [0, 1] and report["policy"] == "random"
+    labels = np.concatenate(
+        [
+            np.stack(pq.read_table(f).column("action").to_pylist())
+            for f in sorted((tmp_path / "ds").glob("data/*/*"))
+        ]
+    )
+    acted = np.stack(executed)
+    assert len(labels) == len(acted)
+    assert np.abs(acted[:, 6]).mean() > 0.3 and set(np.unique(labels[:, 6])) <= {-1.0, 1.0}
+    assert np.abs(acted - labels).mean() > 0.3  # the random policy drove, the expert labelled
+
+    mixed = record_task("lift", 1, 0, 0.0, 32, tmp_path / "mixed", "local/y", policy="random", expert_mix=1.0)
+    assert mixed["policy_successes"] == 1  # expert_mix=1: the expert drives every step
+
+
+def test_policy_recording_settings_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="needs policy=CKPT"):
+        record(_cfg(tmp_path / "a", expert_mix=0.5))
+    with pytest.raises(ValueError, match=r"expert_mix must lie in \[0, 1\]"):
+        record(_cfg(tmp_path / "b", policy="random", expert_mix=2.0))
+    with pytest.raises(FileNotFoundError, match="neither 'expert', 'random'"):
+        record(_cfg(tmp_path / "c", policy="/no/such/ckpt"))

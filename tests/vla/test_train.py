@@ -54,6 +54,31 @@ def test_vla_train_writes_checkpoints_and_resumes(vla, tmp_path):
     assert _step_of(vla_train.last_checkpoint(out)) == 6
 
 
+def test_vla_train_fine_tunes_from_a_saved_policy(vla, tmp_path):
+    """policy.pretrained_path starts from a saved VLA's weights (a DAgger round, a new dataset): with lr 0 the
+    fine-tuned policy is the saved one."""
+    import torch
+    from safetensors.torch import load_file
+
+    first = vla_train.train(_cfg(vla, tmp_path / "a", "steps=2", "save_freq=2"))
+    tuned = vla_train.train(
+        _cfg(
+            vla,
+            tmp_path / "b",
+            "steps=1",
+            "save_freq=1",
+            "lr=1e-20",  # lerobot's schedule divides by the peak lr: "zero", not 0
+            "policy.optimizer_lr_vision=1e-20",
+            "+policy.scheduler_decay_lr=1e-20",
+            f"policy.pretrained_path={first.resolve()}",
+        )
+    )
+    before, after = load_file(first / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert before.keys() == after.keys() and all(
+        torch.allclose(before[k], after[k], rtol=0, atol=1e-12) for k in before
+    )
+
+
 def test_vla_train_bad_inputs(vla, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a LeRobot dataset root"):
         vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", f"dataset={tmp_path}"))
