@@ -195,6 +195,36 @@ def _policy_action(driver, obs: dict, instruction: str) -> np.ndarray:
     return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
+def write_exact_stats(root: Path, keys: tuple[str, ...] = ("observation.state", "action")) -> dict:
+    """Recompute the low-dimensional features' stats over every frame of the dataset at `root`.
+
+    LeRobot stores, for each quantile, the frame-weighted mean of the per-episode quantiles. For actions that is
+    much narrower than the data's own q01/q99 (measured on 80 expert demos: 16-20% of the dx/dy actions fall
+    outside it, and are clipped to the end bins by a q01/q99 normaliser), and a binary gripper that stays open in
+    most episodes (DAgger rollouts) gets a q99 near -1, so "close" can no longer be expressed. Cheap: a few
+    floats per frame."""
+    import pyarrow.parquet as pq
+    from lerobot.datasets.compute_stats import DEFAULT_QUANTILES
+    from lerobot.datasets.io_utils import load_stats, write_stats
+
+    files = sorted((root / "data").glob("**/*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no data/*.parquet under {root}: not a LeRobot dataset root")
+    stats = load_stats(root) or {}
+    for key in keys:
+        tables = [pq.read_table(f, columns=[key]).column(key).to_pylist() for f in files]
+        values = np.concatenate([np.asarray(t, dtype=np.float64) for t in tables])
+        stats[key] = {
+            "min": values.min(0),
+            "max": values.max(0),
+            "mean": values.mean(0),
+            "std": values.std(0),
+            "count": np.array([len(values)]),
+        } | {f"q{round(q * 100):02d}": np.quantile(values, q, axis=0) for q in DEFAULT_QUANTILES}
+    write_stats(stats, root)
+    return stats
+
+
 def _prepare_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not any(out.iterdir()):
         out.rmdir()  # LeRobot creates the root itself
@@ -284,6 +314,7 @@ def record(cfg: DictConfig) -> dict:
         "record_seconds": round(elapsed, 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    write_exact_stats(out)
     write_json(out / "meta" / "sim_record.json", summary)
     shutil.rmtree(partial)
     log.info(

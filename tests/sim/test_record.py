@@ -49,6 +49,11 @@ def test_dataset_round_trips_through_stock_lerobot(recorded):
         "local/vst_sim", root=out, delta_timestamps={"action": [i / 20 for i in range(4)]}
     )
     assert tuple(chunked[0]["action"].shape) == (4, 7)
+    # the stored q01/q99 are the dataset's own (LeRobot's are means of per-episode quantiles)
+    actions = np.stack([ds[i]["action"].numpy() for i in range(len(ds))])
+    np.testing.assert_allclose(stats["q01"], np.quantile(actions, 0.01, axis=0), atol=1e-5)
+    np.testing.assert_allclose(stats["q99"], np.quantile(actions, 0.99, axis=0), atol=1e-5)
+    assert stats["q99"][6] == 1.0 and stats["q01"][6] == -1.0
     report = json.loads((out / "meta" / "sim_record.json").read_text())
     assert report["tasks"]["lift"]["episodes"] == 1 and not (out.parent / "ds.partial").exists()
 
@@ -197,3 +202,32 @@ def test_policy_recording_settings_are_checked(tmp_path):
         record(_cfg(tmp_path / "b", policy="random", expert_mix=2.0))
     with pytest.raises(FileNotFoundError, match="neither 'expert', 'random'"):
         record(_cfg(tmp_path / "c", policy="/no/such/ckpt"))
+
+
+def test_exact_stats_replace_means_of_per_episode_quantiles(tmp_path):
+    """Two episodes: the gripper closes in one only. LeRobot's aggregate puts q99 between -1 and +1."""
+    from lerobot.datasets.io_utils import load_stats
+
+    from sim.record import write_exact_stats
+
+    root = tmp_path / "ds"
+    data = root / "data" / "chunk-000"
+    data.mkdir(parents=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    grip = np.r_[-np.ones(100), -np.ones(50), np.ones(50)]
+    action = np.stack([np.linspace(-2, 2, 200), grip], axis=1)
+    table = pa.table({"action": action.tolist(), "observation.state": action[:, :1].tolist()})
+    pq.write_table(table, data / "file-000.parquet")
+    (root / "meta").mkdir()
+    (root / "meta" / "stats.json").write_text(
+        json.dumps({"action": {"q99": [1.0, 0.0]}, "other": {"x": [1]}})
+    )
+    write_exact_stats(root)
+    stats = load_stats(root)
+    np.testing.assert_allclose(stats["action"]["q99"], [np.quantile(action[:, 0], 0.99), 1.0])
+    np.testing.assert_allclose(stats["action"]["q01"], [np.quantile(action[:, 0], 0.01), -1.0])
+    assert stats["observation.state"]["max"][0] == 2.0 and stats["other"]["x"][0] == 1  # other keys kept
+    with pytest.raises(FileNotFoundError, match="not a LeRobot dataset root"):
+        write_exact_stats(tmp_path / "empty")
