@@ -53,6 +53,15 @@ def _identity(x):
     return x
 
 
+def check_policy_spec(spec: str) -> None:
+    """Fail early, by name, on a policy that is neither built in nor a LeRobot checkpoint dir."""
+    path = Path(spec)
+    if spec not in ("expert", "random") and not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"policy={spec!r} is neither 'expert', 'random' nor a LeRobot checkpoint dir (no {path / 'config.json'})"
+        )
+
+
 def load_policy(spec: str, device: str = "cpu", seed: int = 0, n_action_steps: int | None = None):
     """'expert' | 'random' | path to a LeRobot `pretrained_model` dir -> (policy, preprocessor, postprocessor).
 
@@ -62,11 +71,8 @@ def load_policy(spec: str, device: str = "cpu", seed: int = 0, n_action_steps: i
         return ExpertPolicy(), _identity, _identity
     if spec == "random":
         return RandomPolicy(seed), _identity, _identity
+    check_policy_spec(spec)
     path = Path(spec)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(
-            f"policy={spec!r} is neither 'expert', 'random' nor a LeRobot checkpoint dir (no {path / 'config.json'})"
-        )
     for mod in POLICY_PLUGINS:
         try:
             importlib.import_module(mod)

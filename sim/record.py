@@ -250,9 +250,9 @@ def record(cfg: DictConfig) -> dict:
     if not 0.0 <= cfg.expert_mix <= 1.0:
         raise ValueError(f"expert_mix must lie in [0, 1], got {cfg.expert_mix}")
     if cfg.policy is not None:
-        from sim.policies import load_policy
+        from sim.policies import check_policy_spec
 
-        load_policy(str(cfg.policy))  # a bad checkpoint fails here, before any worker starts
+        check_policy_spec(str(cfg.policy))  # before any worker starts
     settings = {k: cfg[k] for k in ("episodes", "noise", "image_size", "seed", "policy", "expert_mix")}
     settings["tasks"] = tasks
     settings_path = partial / "settings.json"
