@@ -135,9 +135,8 @@ def record_task(
             label = obs["expert_action"].astype(np.float32)
             executed = label.copy()
             if driver is not None:
-                acted = _policy_action(
-                    driver, obs, instruction
-                )  # every step: the policy's queue stays in step
+                # asked every step, even when the expert acts, so the policy's action queue stays in step
+                acted = _policy_action(driver, obs, instruction)
                 if rng.random() >= expert_mix:
                     executed = acted
             if noise > 0:
