@@ -117,6 +117,11 @@ def rl_config(cfg: DictConfig) -> RLConfig:
     raw = OmegaConf.to_container(cfg, resolve=True)
     if isinstance(raw.get("data"), str):
         raw["data"] = [raw["data"]]
+    replay = raw.pop("replay", None) or {}  # the supervised stages' option (vst_train.yaml)
+    if replay.get("fraction"):
+        raise ValueError(
+            "replay mixes rows into the supervised stages; the rl stage takes no replay.fraction"
+        )
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RLConfig), raw))
 
 

@@ -232,6 +232,8 @@ def test_bad_input_fails_clearly(data, cache, tmp_path):
         R.train(config(perception, tmp_path / "o2", cache))
     with pytest.raises(ValueError, match="train.lora.enabled=true needs train.freeze_vision=true"):
         R.rl_config(config(data, tmp_path, cache, "train.lora.enabled=true"))
+    with pytest.raises(ValueError, match="rl stage takes no replay"):
+        R.rl_config(config(data, tmp_path, cache, "replay.fraction=0.3", f"replay.data={data}"))
     with pytest.raises(ValueError, match="every prompt is longer than"):
         R.train(config(data, tmp_path / "o3", cache, "train.max_seq_len=64"))
     assert not (tmp_path / "o1" / "model").exists()
