@@ -152,6 +152,7 @@ class SimEnv(gym.Env):
         self._steps = 0
         self._initial_obj = self._object_heights()
         self._lifted: set[str] = set()
+        self._lift_order: list[str] = []
         self._ended: tuple | None = None
         if self._expert is not None:
             self._expert.reset()
@@ -175,6 +176,9 @@ class SimEnv(gym.Env):
             return self._ended
         self._track_lifts()
         success = bool(self._rs._check_success())
+        if success and self._target() not in self._lifted:  # robosuite's Lift succeeds at 2 cm, before our 3 cm
+            self._lifted.add(self._target())
+            self._lift_order.append(self._target())
         terminated = success
         truncated = not success and self._steps >= self.max_steps
         info = self._info(success)
@@ -240,7 +244,25 @@ class SimEnv(gym.Env):
         return out
 
     def _info(self, success: bool) -> dict:
-        return {"is_success": success, "task": self.task, "seed": self.seed_used, "steps": self._steps}
+        return {
+            "is_success": success,
+            "task": self.task,
+            "seed": self.seed_used,
+            "steps": self._steps,
+            "picked": self.picked(),
+        }
+
+    def _target(self) -> str:
+        if isinstance(self.task_spec, SpatialTask):
+            return self.task_spec.target
+        return "cube" if self.task_spec.robosuite_env == "Lift" else "cubeA"
+
+    def picked(self) -> str:
+        """The first object lifted 3 cm: 'target', 'wrong' or 'none'. The spatial choice, apart from whether
+        the place that follows succeeds: among lookalikes, picking the right one is what the words decide."""
+        if not self._lift_order:
+            return "none"
+        return "target" if self._lift_order[0] == self._target() else "wrong"
 
     def _object_bodies(self) -> dict[str, int]:
         rs = self._rs
@@ -254,14 +276,14 @@ class SimEnv(gym.Env):
 
     def _track_lifts(self) -> None:
         for n, z in self._object_heights().items():
-            if z > self._initial_obj[n] + 0.03:
+            if z > self._initial_obj[n] + 0.03 and n not in self._lifted:
                 self._lifted.add(n)
+                self._lift_order.append(n)
 
     def failure_reason(self) -> str:
         """Why an episode that ran out of steps failed, in words a researcher can aggregate."""
         if not isinstance(self.task_spec, SpatialTask):
-            target = "cube" if self.task_spec.robosuite_env == "Lift" else "cubeA"
-            return "target_not_lifted" if target not in self._lifted else "timeout"
+            return "target_not_lifted" if self._target() not in self._lifted else "timeout"
         rs, t = self._rs, self.task_spec
         wrong = [n for n in self._lifted if n != t.target]
         if wrong:

@@ -90,6 +90,7 @@ def run_round(venv, policy, pre, post, task: str, seeds: list[int], record_video
                     "success": success,
                     "steps": int(info["steps"][i]),
                     "failure_reason": None if success else str(info["failure_reason"][i]),
+                    "picked": str(info["picked"][i]),
                     "wall_s": round(time.perf_counter() - t0, 2),
                 }
     for i, r in enumerate(results):

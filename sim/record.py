@@ -195,16 +195,12 @@ def _policy_action(driver, obs: dict, instruction: str) -> np.ndarray:
 
 
 def write_exact_stats(root: Path, keys: tuple[str, ...] = ("observation.state", "action")) -> dict:
-    """Recompute the low-dimensional features' stats over every frame of the dataset at `root`.
-
-    LeRobot stores, for each quantile, the frame-weighted mean of the per-episode quantiles. For actions that is
-    much narrower than the data's own q01/q99 (measured on 80 expert demos: 16-20% of the dx/dy actions fall
-    outside it, and are clipped to the end bins by a q01/q99 normaliser), and a binary gripper that stays open in
-    most episodes (DAgger rollouts) gets a q99 near -1, so "close" can no longer be expressed. Cheap: a few
-    floats per frame."""
+    """Rewrite the low-dimensional features' stats of the dataset at `root` over every frame (LeRobot's own are
+    per-episode means: see vla/stats.py). Cheap: a few floats per frame."""
     import pyarrow.parquet as pq
-    from lerobot.datasets.compute_stats import DEFAULT_QUANTILES
     from lerobot.datasets.io_utils import load_stats, write_stats
+
+    from vla.stats import frame_stats
 
     files = sorted((root / "data").glob("**/*.parquet"))
     if not files:
@@ -212,14 +208,7 @@ def write_exact_stats(root: Path, keys: tuple[str, ...] = ("observation.state", 
     stats = load_stats(root) or {}
     for key in keys:
         tables = [pq.read_table(f, columns=[key]).column(key).to_pylist() for f in files]
-        values = np.concatenate([np.asarray(t, dtype=np.float64) for t in tables])
-        stats[key] = {
-            "min": values.min(0),
-            "max": values.max(0),
-            "mean": values.mean(0),
-            "std": values.std(0),
-            "count": np.array([len(values)]),
-        } | {f"q{round(q * 100):02d}": np.quantile(values, q, axis=0) for q in DEFAULT_QUANTILES}
+        stats[key] = frame_stats(np.concatenate([np.asarray(t, dtype=np.float64) for t in tables]))
     write_stats(stats, root)
     return stats
 

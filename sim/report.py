@@ -42,8 +42,25 @@ def mcnemar(a: list[bool], b: list[bool]) -> dict:
     return {"a_only": b10, "b_only": b01, "discordant": n, "p_value": p}
 
 
+def picking(eps: list[dict]) -> dict | None:
+    """How often the first object lifted was the target / another one, and the choice accuracy among episodes
+    that lifted anything (chance: 1 / (look-alikes + 1)): the spatial choice measured apart from the place that
+    follows. None for episodes recorded before the field existed."""
+    if not eps or any("picked" not in e for e in eps):
+        return None
+    n = len(eps)
+    target = sum(e["picked"] == "target" for e in eps)
+    wrong = sum(e["picked"] == "wrong" for e in eps)
+    return {
+        "picked_target_rate": target / n,
+        "picked_target_ci95": list(wilson(target, n)),
+        "picked_wrong_rate": wrong / n,
+        "choice_accuracy": target / (target + wrong) if target + wrong else None,
+    }
+
+
 def summarize(episodes: list[dict]) -> dict:
-    """Per-task and overall success with Wilson intervals, failure reasons, mean steps."""
+    """Per-task and overall success with Wilson intervals, failure reasons, mean steps, picking."""
     tasks: dict[str, list[dict]] = {}
     for ep in episodes:
         tasks.setdefault(ep["task"], []).append(ep)
@@ -58,22 +75,32 @@ def summarize(episodes: list[dict]) -> dict:
             "ci95": [lo, hi],
             "mean_steps": float(np.mean([e["steps"] for e in eps])),
             "failure_reasons": dict(Counter(e["failure_reason"] for e in eps if not e["success"])),
+            "picking": picking(eps),
         }
     k = sum(e["success"] for e in episodes)
     n = len(episodes)
     lo, hi = wilson(k, n)
-    return {
-        "overall": {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "ci95": [lo, hi]},
-        "tasks": per_task,
-    }
+    overall = {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "ci95": [lo, hi]}
+    return {"overall": {**overall, "picking": picking(episodes)}, "tasks": per_task}
+
+
+def _picked(node: dict) -> str:
+    pk = node.get("picking")
+    if not pk:
+        return "-"
+    acc = pk["choice_accuracy"]
+    return f"{100 * pk['picked_target_rate']:.0f}% / {100 * pk['picked_wrong_rate']:.0f}% / " + (
+        f"{100 * acc:.0f}%" if acc is not None else "-"
+    )
 
 
 def markdown_table(summary: dict, title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        "| task | success | 95% CI (Wilson) | episodes | mean steps | top failure |",
-        "|---|---|---|---|---|---|",
+        "| task | success | 95% CI (Wilson) | episodes | mean steps | top failure | picked target / wrong / "
+        "choice acc. |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, t in summary["tasks"].items():
         reasons = t["failure_reasons"]
@@ -82,13 +109,18 @@ def markdown_table(summary: dict, title: str) -> str:
         )
         lines.append(
             f"| {name} | {100 * t['success_rate']:.1f}% | {100 * t['ci95'][0]:.1f}-{100 * t['ci95'][1]:.1f} "
-            f"| {t['episodes']} | {t['mean_steps']:.0f} | {top} |"
+            f"| {t['episodes']} | {t['mean_steps']:.0f} | {top} | {_picked(t)} |"
         )
     o = summary["overall"]
     lines.append(
         f"| **overall** | **{100 * o['success_rate']:.1f}%** | {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f} "
-        f"| {o['episodes']} | | |"
+        f"| {o['episodes']} | | | {_picked(o)} |"
     )
+    lines += [
+        "",
+        "picked: the first object lifted 3 cm was the target / another object; choice accuracy = target / "
+        "(target + wrong), the spatial choice apart from the place that follows.",
+    ]
     return "\n".join(lines) + "\n"
 
 

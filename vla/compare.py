@@ -38,8 +38,7 @@ class Steps:
         self.path = out / "steps.json"
         self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
 
-    def run(self, name: str, cmd: list[str], resume: list[str] | None = None) -> None:
-        """Run `cmd` unless done; `resume` (if given) is run instead to continue an interrupted attempt."""
+    def _todo(self, name: str, cmd: list[str]) -> bool:
         line = shlex.join(cmd)
         if name in self.done:
             if self.done[name]["command"] != line:
@@ -48,16 +47,62 @@ class Steps:
                     f"now:\n  {line}\nuse a new output_dir (nothing was changed)"
                 )
             log.info("step %s: done before, reused", name)
-            return
+            return False
         log.info("step %s: %s", name, line)
-        if self.dry_run:
+        return not self.dry_run
+
+    def _finish(self, name: str, cmd: list[str], seconds: float) -> None:
+        self.done[name] = {"command": shlex.join(cmd), "seconds": round(seconds, 1)}
+        write_json(self.path, self.done)
+
+    def run(self, name: str, cmd: list[str], resume: list[str] | None = None) -> None:
+        """Run `cmd` unless done; `resume` (if given) is run instead to continue an interrupted attempt."""
+        if not self._todo(name, cmd):
             return
         t0 = time.perf_counter()
         proc = subprocess.run(resume or cmd, env=self.env)
         if proc.returncode != 0:
-            raise RuntimeError(f"step {name!r} failed (exit {proc.returncode}): {line}")
-        self.done[name] = {"command": line, "seconds": round(time.perf_counter() - t0, 1)}
-        write_json(self.path, self.done)
+            raise RuntimeError(f"step {name!r} failed (exit {proc.returncode}): {shlex.join(cmd)}")
+        self._finish(name, cmd, time.perf_counter() - t0)
+
+    def run_parallel(
+        self, jobs: list[tuple[str, list[str], list[str] | None]], width: int, threads: int
+    ) -> None:
+        """Independent steps side by side, at most `width` at a time, each logging to logs/<name>.log.
+
+        A failed step fails the group only after the others have finished (and been recorded): their work is
+        kept for the rerun."""
+        if width <= 1:
+            for name, cmd, resume in jobs:
+                self.run(name, cmd, resume)
+            return
+        queue = [(n, c, r) for n, c, r in jobs if self._todo(n, c)]
+        if not queue:
+            return
+        env = {**(self.env or os.environ), "OMP_NUM_THREADS": str(threads)}
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        running: dict[str, tuple] = {}
+        failed = []
+        while queue or running:
+            while queue and len(running) < width:
+                name, cmd, resume = queue.pop(0)
+                sink = (self.out / "logs" / f"{name}.log").open("a")
+                proc = subprocess.Popen(resume or cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+                log.info("step %s: started (log: %s)", name, sink.name)
+                running[name] = (proc, cmd, sink, time.perf_counter())
+            time.sleep(0.5)
+            for name, (proc, cmd, sink, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                sink.close()
+                del running[name]
+                if proc.returncode != 0:
+                    failed.append(f"{name} (exit {proc.returncode}, log: {sink.name})")
+                    continue
+                log.info("step %s: done in %.0f s", name, time.perf_counter() - t0)
+                self._finish(name, cmd, time.perf_counter() - t0)
+        if failed:
+            raise RuntimeError(f"steps failed: {', '.join(failed)}")
 
 
 def _cmd(tool: str, *args: str) -> list[str]:
@@ -96,10 +141,17 @@ def _act_commands(cfg, demos: Path, out: Path) -> tuple[list[str], list[str] | N
 def run_chain(cfg: DictConfig) -> dict:
     if cfg.stop_after not in (None, "backbones"):
         raise ValueError(f"stop_after must be null or 'backbones', got {cfg.stop_after!r}")
+    if cfg.get("vst_stage", "rl") not in ("sft", "cot", "rl"):
+        raise ValueError(
+            f"vst_stage must be sft, cot or rl (the stage the VST-VLA starts from), got {cfg.vst_stage!r}"
+        )
     out = Path(cfg.output_dir).resolve()
     env = dict(os.environ)
     if cfg.cpu_threads:
         env["OMP_NUM_THREADS"] = str(cfg.cpu_threads)
+    width = max(1, int(cfg.parallel))
+    # side-by-side steps each get their share of the cores instead of all fighting for all of them
+    side_threads = cfg.cpu_threads or max(1, (os.cpu_count() or 1) // width)
     steps = Steps(out, cfg.dry_run, env)
     d, p = cfg.data, cfg.pipeline
     data, bb, ev = out / "data", out / "backbones", out / "eval"
@@ -171,15 +223,18 @@ def run_chain(cfg: DictConfig) -> dict:
                 f"output_dir={bb / stage}",
             ),
         )
-    backbones = {"baseline": bb / "pretrain" / "model", "vst": bb / "rl" / "model"}
+    # The VST-VLA is built on the end of the pipeline (rl) unless vst_stage names an earlier stage: the
+    # "which stages matter" ablation.
+    backbones = {"baseline": bb / "pretrain" / "model", "vst": bb / cfg.vst_stage / "model"}
 
     # 3. Every stage's checkpoint on the held-out spatial benchmark and the general split.
     stage_models = {
-        "baseline": backbones["baseline"],
+        "baseline": bb / "pretrain" / "model",
         "sft": bb / "sft" / "model",
         "cot": bb / "cot" / "model",
+        "vst": bb / "rl" / "model",
     }
-    for name, ckpt in {**stage_models, "vst": backbones["vst"]}.items():
+    for name, ckpt in stage_models.items():
         steps.run(
             f"bench_{name}",
             _cmd(
@@ -212,57 +267,75 @@ def run_chain(cfg: DictConfig) -> dict:
     )
 
     # 5. The same VLA recipe on each backbone: identical demos, seed, steps, batch, learning rate.
-    policies = {}
+    policies, train_jobs = {}, []
     for name, ckpt in backbones.items():
         run = out / "vla" / name
-        steps.run(
-            f"vla_{name}",
-            _cmd(
-                "vla-train",
-                f"backbone={ckpt}",
-                f"dataset={demos}",
-                f"steps={cfg.vla.steps}",
-                f"batch_size={cfg.vla.batch_size}",
-                f"lr={cfg.vla.lr}",
-                f"policy.optimizer_lr_vision={cfg.vla.lr_vision}",
-                f"policy.bin_label_sigma={cfg.vla.bin_label_sigma}",
-                f"chunk_size={cfg.vla.chunk_size}",
-                f"policy.image_size={cfg.vla.image_size}",
-                f"seed={cfg.seed + 1000}",
-                f"save_freq={cfg.vla.steps}",
-                f"output_dir={run}",
-            ),
+        train_jobs.append(
+            (
+                f"vla_{name}",
+                _cmd(
+                    "vla-train",
+                    f"backbone={ckpt}",
+                    f"dataset={demos}",
+                    f"steps={cfg.vla.steps}",
+                    f"batch_size={cfg.vla.batch_size}",
+                    f"lr={cfg.vla.lr}",
+                    f"policy.optimizer_lr_vision={cfg.vla.lr_vision}",
+                    f"policy.bin_label_sigma={cfg.vla.bin_label_sigma}",
+                    f"chunk_size={cfg.vla.chunk_size}",
+                    f"policy.image_size={cfg.vla.image_size}",
+                    f"seed={cfg.seed + 1000}",
+                    f"save_freq={cfg.vla.steps}",
+                    f"output_dir={run}",
+                ),
+                None,
+            )
         )
         policies[f"{name}-VLA"] = run / "train" / "checkpoints" / "last" / "pretrained_model"
     if cfg.act.enabled:
         act_dir = out / "act"
         fresh, resume = _act_commands(cfg, demos, act_dir)
-        steps.run("act", fresh, resume)
+        train_jobs.append(("act", fresh, resume))
         policies["ACT"] = _last_checkpoint(act_dir)
+    steps.run_parallel(train_jobs, width, side_threads)
 
     # 6. Closed-loop evaluation on the same versioned initial states.
+    eval_jobs = []
     for label, ckpt in policies.items():
-        steps.run(
-            f"eval_{label}",
-            _cmd(
-                "sim-eval",
-                f"policy={ckpt}",
-                f"task=[{cfg.demos.task}]",
-                f"episodes={cfg.eval.episodes}",
-                f"workers={cfg.eval.workers}",
-                f"videos={cfg.eval.videos}",
-                f"image_size={cfg.demos.image_size}",
-                f"init_states={cfg.eval.init_states}",
-                f"output_dir={ev / label}",
-            ),
+        eval_jobs.append(
+            (
+                f"eval_{label}",
+                _cmd(
+                    "sim-eval",
+                    f"policy={ckpt}",
+                    f"task=[{cfg.demos.task}]",
+                    f"episodes={cfg.eval.episodes}",
+                    f"workers={cfg.eval.workers}",
+                    f"videos={cfg.eval.videos}",
+                    f"image_size={cfg.demos.image_size}",
+                    f"init_states={cfg.eval.init_states}",
+                    f"output_dir={ev / label}",
+                ),
+                None,
+            )
         )
+    steps.run_parallel(eval_jobs, width, side_threads)
     if cfg.dry_run:
         return {}
     return write_report(out, list(policies), steps.done)
 
 
-def _episodes(path: Path) -> dict[tuple[str, int], bool]:
-    return {(e["task"], e["seed"]): e["success"] for e in map(json.loads, path.read_text().splitlines())}
+def _episodes(path: Path) -> dict[tuple[str, int], dict]:
+    return {(e["task"], e["seed"]): e for e in map(json.loads, path.read_text().splitlines())}
+
+
+def _paired(vst: list[bool], base: list[bool]) -> dict:
+    return {
+        "vst": sum(vst) / len(vst),
+        "baseline": sum(base) / len(base),
+        "vst_minus_baseline": (sum(vst) - sum(base)) / len(vst),
+        "mcnemar": mcnemar(vst, base),
+    }
 
 
 def write_report(out: Path, labels: list[str], done: dict) -> dict:
@@ -278,22 +351,25 @@ def write_report(out: Path, labels: list[str], done: dict) -> dict:
         raise ValueError(
             "the two VLAs were not evaluated on the same (task, seed) pairs: the comparison is not paired"
         )
-    paired = mcnemar([vst[k] for k in keys], [base[k] for k in keys])
-    diff = (sum(vst[k] for k in keys) - sum(base[k] for k in keys)) / len(keys)
+    paired = mcnemar([vst[k]["success"] for k in keys], [base[k]["success"] for k in keys])
+    diff = (sum(vst[k]["success"] for k in keys) - sum(base[k]["success"] for k in keys)) / len(keys)
     per_task = {}
     for task in sorted({t for t, _ in keys}):
         tk = [k for k in keys if k[0] == task]
-        per_task[task] = {
-            "vst": sum(vst[k] for k in tk) / len(tk),
-            "baseline": sum(base[k] for k in tk) / len(tk),
-            "mcnemar": mcnemar([vst[k] for k in tk], [base[k] for k in tk]),
-        }
+        per_task[task] = _paired([vst[k]["success"] for k in tk], [base[k]["success"] for k in tk])
+    # The spatial choice on its own: did each policy lift the instructed object first (same starts, paired).
+    picked = None
+    if all("picked" in e for e in (*base.values(), *vst.values())):
+        picked = _paired(
+            [vst[k]["picked"] == "target" for k in keys], [base[k]["picked"] == "target" for k in keys]
+        )
     bench = {}
     for name in ("baseline", "sft", "cot", "vst"):
         path = out / "bench" / name / "results.json"
         bench[name] = json.loads(path.read_text()) if path.exists() else None
     report = {
         "paired": {"episodes": len(keys), "vst_minus_baseline": diff, "mcnemar_vst_vs_baseline": paired},
+        "picked_target_paired": picked,
         "per_task": per_task,
         "policies": {k: {"overall": s["overall"], "tasks": s["tasks"]} for k, s in summaries.items()},
         "bench": bench,
@@ -327,6 +403,14 @@ def _markdown(report: dict, summaries: dict) -> str:
         f"Paired over {p['episodes']} episodes (same tasks, same initial states): VST minus baseline = "
         f"**{100 * p['vst_minus_baseline']:+.1f} points**; McNemar exact p = {m['p_value']:.3g} "
         f"(VST-only successes {m['a_only']}, baseline-only {m['b_only']}).",
+    ]
+    pk = report.get("picked_target_paired")
+    if pk:
+        lines.append(
+            f"Picked the instructed object first (the spatial choice, apart from the place): baseline "
+            f"{_pct(pk['baseline'])}, VST {_pct(pk['vst'])}, McNemar p = {pk['mcnemar']['p_value']:.3g}."
+        )
+    lines += [
         "",
         "| policy | success | 95% CI (Wilson) | episodes |",
         "|---|---|---|---|",

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from pathlib import Path
 
@@ -26,6 +26,8 @@ import draccus
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from vla.stats import exact_stats_in_training
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +165,9 @@ def train(cfg: DictConfig) -> Path:
         optimizer=policy.get_optimizer_preset(),  # validate() sets them on a fresh run, resuming needs them
         scheduler=policy.get_scheduler_preset(),
     )
-    with lerobot_argv([f"--config_path={last}"] if resume else []):
-        lerobot_train(pipeline)
+    stats = exact_stats_in_training() if cfg.exact_stats and not resume else nullcontext()
+    with lerobot_argv([f"--config_path={last}"] if resume else []), stats:
+        lerobot_train(pipeline)  # on resume the checkpoint's saved stats are the ones used, exact or not
     return last
 
 

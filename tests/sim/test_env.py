@@ -38,6 +38,7 @@ def test_task_contract_expert_and_initial_states(name):
                     break
             assert info["is_success"], f"expert failed {name} seed {seed}: {info.get('failure_reason')}"
             assert reward == 1.0 and terminated and not truncated
+            assert info["picked"] == "target"
     finally:
         env.close()
 
@@ -89,6 +90,26 @@ def test_truncation_records_failure_reason():
             _, _, terminated, truncated, info = env.step(np.zeros(ACTION_DIM))
         assert truncated and not terminated
         assert info["failure_reason"] == "target_not_lifted"
+        assert info["picked"] == "none"
+    finally:
+        env.close()
+
+
+def test_picked_names_the_first_object_lifted():
+    """Lifting the lookalike first counts as the wrong pick, even if the target is lifted after it."""
+    env = SimEnv("pick_left_of_bowl", image_size=32, max_steps=10)
+    try:
+        env.reset(seed=0)
+        rs = env._rs
+        for name in ("lookalike", "target"):
+            joint = rs.objects[name].joints[0]
+            qpos = np.array(rs.sim.data.get_joint_qpos(joint))
+            qpos[2] += 0.2
+            rs.sim.data.set_joint_qpos(joint, qpos)
+            rs.sim.forward()
+            _, _, _, _, info = env.step(np.zeros(ACTION_DIM))
+            assert info["picked"] == "wrong"
+            assert info.get("failure_reason") is None
     finally:
         env.close()
 

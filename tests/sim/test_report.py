@@ -1,6 +1,6 @@
 import pytest
 
-from sim.report import mcnemar, summarize, wilson
+from sim.report import markdown_table, mcnemar, summarize, wilson
 
 
 def test_wilson_known_values():
@@ -40,3 +40,22 @@ def test_summarize():
     assert s["tasks"]["a"]["success_rate"] == 0.5
     assert s["tasks"]["b"]["failure_reasons"] == {"target_not_lifted": 1}
     assert s["tasks"]["a"]["mean_steps"] == 15
+    assert s["overall"]["picking"] is None  # older episodes carry no "picked"
+
+
+def test_picking_rates_and_choice_accuracy():
+    eps = [
+        {"task": "a", "success": True, "steps": 10, "failure_reason": None, "picked": "target"},
+        {"task": "a", "success": False, "steps": 20, "failure_reason": "x", "picked": "wrong"},
+        {"task": "a", "success": False, "steps": 20, "failure_reason": "x", "picked": "target"},
+        {"task": "a", "success": False, "steps": 20, "failure_reason": "x", "picked": "none"},
+        {"task": "b", "success": False, "steps": 30, "failure_reason": "x", "picked": "none"},
+    ]
+    s = summarize(eps)
+    a = s["tasks"]["a"]["picking"]
+    assert a["picked_target_rate"] == 0.5 and a["picked_wrong_rate"] == 0.25
+    assert a["choice_accuracy"] == pytest.approx(2 / 3)
+    assert s["tasks"]["b"]["picking"]["choice_accuracy"] is None
+    assert s["overall"]["picking"]["picked_target_rate"] == pytest.approx(2 / 5)
+    md = markdown_table(s, "t")
+    assert "50% / 25% / 67%" in md and "0% / 0% / -" in md

@@ -7,7 +7,7 @@ import pytest
 from vla.compare import Steps, write_report
 
 
-def _eval_dir(root: Path, label: str, outcomes: dict[tuple[str, int], bool]) -> None:
+def _eval_dir(root: Path, label: str, outcomes: dict[tuple[str, int], bool], picked=None) -> None:
     from sim.report import summarize
 
     d = root / "eval" / label
@@ -19,6 +19,7 @@ def _eval_dir(root: Path, label: str, outcomes: dict[tuple[str, int], bool]) -> 
             "success": ok,
             "steps": 10,
             "failure_reason": None if ok else "target_not_lifted",
+            **({"picked": picked[(t, s)]} if picked else {}),
         }
         for (t, s), ok in outcomes.items()
     ]
@@ -41,6 +42,19 @@ def test_report_pairs_episodes_and_tests_the_difference(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "+66.7 points" in md and "vst-data n=1" in md
     assert (tmp_path / "success.png").exists()
+    assert r["picked_target_paired"] is None  # episodes without the field
+
+
+def test_report_pairs_the_spatial_choice(tmp_path):
+    keys = [("a", s) for s in range(10)]
+    base = dict.fromkeys(keys, False)
+    _eval_dir(tmp_path, "baseline-VLA", base, {k: "wrong" if k[1] < 6 else "target" for k in keys})
+    _eval_dir(tmp_path, "vst-VLA", base, {k: "none" if k[1] < 1 else "target" for k in keys})
+    r = write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
+    pk = r["picked_target_paired"]
+    assert pk["baseline"] == pytest.approx(0.4) and pk["vst"] == pytest.approx(0.9)
+    assert (pk["mcnemar"]["a_only"], pk["mcnemar"]["b_only"]) == (5, 0)
+    assert "Picked the instructed object first" in (tmp_path / "report.md").read_text()
 
 
 def test_report_refuses_unpaired_evaluations(tmp_path):
@@ -62,6 +76,22 @@ def test_steps_run_once_and_refuse_a_changed_command(tmp_path):
     with pytest.raises(RuntimeError, match="failed"):
         steps.run("bad", [sys.executable, "-c", "raise SystemExit(3)"])
     assert "bad" not in json.loads((tmp_path / "steps.json").read_text())
+
+
+def test_parallel_steps_keep_the_finished_ones_when_one_fails(tmp_path):
+    steps = Steps(tmp_path, dry_run=False, env=None)
+    write = "import os, sys; open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS'])"
+    ok = [sys.executable, "-c", write, str(tmp_path / "a")]
+    bad = [sys.executable, "-c", "print('boom'); raise SystemExit(3)"]
+    with pytest.raises(RuntimeError, match=r"bad \(exit 3"):
+        steps.run_parallel([("a", ok, None), ("bad", bad, None)], width=2, threads=3)
+    assert (tmp_path / "a").read_text() == "3"
+    assert set(json.loads((tmp_path / "steps.json").read_text())) == {"a"}
+    assert "boom" in (tmp_path / "logs" / "bad.log").read_text()
+    (tmp_path / "a").unlink()
+    fixed = [sys.executable, "-c", "pass"]
+    Steps(tmp_path, dry_run=False, env=None).run_parallel([("a", ok, None), ("bad", fixed, None)], 2, 1)
+    assert not (tmp_path / "a").exists()  # the finished step was reused, not rerun
 
 
 def test_unknown_stop_after_is_refused(tmp_path):
@@ -88,3 +118,22 @@ def test_cot_replay_mixes_sft_rows_into_the_cot_stage(tmp_path, caplog):
     assert f"replay.data={tmp_path}/data/train" in cot and "replay.fraction=0.3" in cot
     sft = next(r.message for r in caplog.records if r.message.startswith("step train_sft:"))
     assert "replay.fraction" not in sft
+
+
+def test_vst_stage_picks_the_vst_vla_backbone(tmp_path, caplog):
+    from hydra import compose, initialize_config_dir
+
+    from vla.compare import run_chain
+
+    configs = str(Path(__file__).parents[2] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose("vla_compare", [f"output_dir={tmp_path}", "dry_run=true", "vst_stage=sft"])
+        bad = compose("vla_compare", [f"output_dir={tmp_path}", "dry_run=true", "vst_stage=pretrain"])
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(cfg)
+    vla = next(r.message for r in caplog.records if r.message.startswith("step vla_vst:"))
+    assert f"backbone={tmp_path}/backbones/sft/model" in vla
+    bench = next(r.message for r in caplog.records if r.message.startswith("step bench_vst:"))
+    assert f"model={tmp_path}/backbones/rl/model" in bench  # the benchmark rows keep their stage names
+    with pytest.raises(ValueError, match="vst_stage"):
+        run_chain(bad)

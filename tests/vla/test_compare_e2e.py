@@ -44,6 +44,8 @@ def test_vla_compare_end_to_end_ci_sized(tmp_path):
     assert set(backbones["stages"]) == {"baseline", "sft", "cot", "vst"}
     assert (out / "backbones.md").exists() and (out / "curves.png").exists()
     assert list((out / "eval" / "vst-VLA" / "videos").rglob("*.mp4"))
+    assert (out / "logs" / "vla_vst.log").exists()  # the quick preset trains the VLAs side by side
+    assert report["picked_target_paired"] is not None
     # a rerun reuses every finished step
     steps_before = json.loads((out / "steps.json").read_text())
     subprocess.run(args, check=True)

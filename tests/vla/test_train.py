@@ -79,6 +79,41 @@ def test_vla_train_fine_tunes_from_a_saved_policy(vla, tmp_path):
     )
 
 
+def test_vla_train_exact_stats_replace_the_datasets_approximate_ones(vla, tmp_path):
+    """A dataset whose stored q01/q99 are off (LeRobot's per-episode means, a hub dataset): exact_stats=true
+    normalises with the data's own quantiles, in memory; the dataset on disk is left as it was."""
+    import shutil
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from lerobot.datasets.io_utils import load_stats, write_stats
+
+    from vla.processor_vla import saved_action_stats
+
+    root = tmp_path / "data"
+    shutil.copytree(vla.root, root)
+    stats = load_stats(root)
+    stats["action"]["q01"], stats["action"]["q99"] = np.full(7, -0.01), np.full(7, 0.01)
+    write_stats(stats, root)
+    before = (root / "meta" / "stats.json").read_text()
+    actions = np.concatenate(
+        [
+            np.asarray(pq.read_table(f, columns=["action"]).column("action").to_pylist())
+            for f in root.glob("data/**/*.parquet")
+        ]
+    )
+
+    stock = vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", "save_freq=1", f"dataset={root}"))
+    assert np.allclose(saved_action_stats(stock)["q99"], 0.01)
+    exact = vla_train.train(
+        _cfg(vla, tmp_path / "b", "steps=1", "save_freq=1", f"dataset={root}", "exact_stats=true")
+    )
+    saved = saved_action_stats(exact)
+    assert np.allclose(saved["q01"], np.quantile(actions, 0.01, axis=0), atol=1e-6)
+    assert np.allclose(saved["q99"], np.quantile(actions, 0.99, axis=0), atol=1e-6)
+    assert (root / "meta" / "stats.json").read_text() == before
+
+
 def test_vla_train_bad_inputs(vla, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a LeRobot dataset root"):
         vla_train.train(_cfg(vla, tmp_path / "a", "steps=1", f"dataset={tmp_path}"))
