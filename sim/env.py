@@ -176,7 +176,9 @@ class SimEnv(gym.Env):
             return self._ended
         self._track_lifts()
         success = bool(self._rs._check_success())
-        if success and self._target() not in self._lifted:  # robosuite's Lift succeeds at 2 cm, before our 3 cm
+        if (
+            success and self._target() not in self._lifted
+        ):  # robosuite's Lift succeeds at 2 cm, before our 3 cm
             self._lifted.add(self._target())
             self._lift_order.append(self._target())
         terminated = success
