@@ -137,3 +137,25 @@ def test_vst_stage_picks_the_vst_vla_backbone(tmp_path, caplog):
     assert f"model={tmp_path}/backbones/rl/model" in bench  # the benchmark rows keep their stage names
     with pytest.raises(ValueError, match="vst_stage"):
         run_chain(bad)
+
+
+def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
+    """The full preset composes and plans every step with the project's own commands (dry run: nothing runs)."""
+    from hydra import compose, initialize_config_dir
+
+    from vla.compare import run_chain
+
+    configs = str(Path(__file__).parents[2] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose("vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true"])
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(cfg)
+    planned = {
+        r.message.split(":")[0].removeprefix("step ") for r in caplog.records if r.message.startswith("step ")
+    }
+    assert {"train_rl", "bench_vst", "demos", "vla_baseline", "vla_vst", "eval_vst-VLA"} <= planned
+    assert "act" not in planned  # off on a CPU budget
+    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
+    assert "replay.fraction=0.3" in steps["step train_cot"]
+    assert "episodes=50" in steps["step eval_vst-VLA"] and "steps=10000" in steps["step vla_vst"]
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
