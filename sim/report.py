@@ -124,7 +124,7 @@ def markdown_table(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(series: dict[str, dict], path: Path, title: str) -> None:
+def bar_chart(series: dict[str, dict], path: Path, title: str, ylabel: str = "success rate (%)") -> None:
     """Grouped bars of per-task success (one group per task, one bar per series) with Wilson error bars."""
     import matplotlib
 
@@ -142,7 +142,7 @@ def bar_chart(series: dict[str, dict], path: Path, title: str) -> None:
         hi = np.maximum(0.0, np.array([r["ci95"][1] for r in rows]) * 100 - rate)
         ax.bar(x + (i - (len(series) - 1) / 2) * width, rate, width, yerr=[lo, hi], capsize=2, label=label)
     ax.set_xticks(x, [*names, "overall"], rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("success rate (%)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 105)
     ax.set_title(title)
     ax.legend(fontsize=8)

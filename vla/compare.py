@@ -378,8 +378,25 @@ def write_report(out: Path, labels: list[str], done: dict) -> dict:
     }
     write_json(out / "report.json", report)
     bar_chart(summaries, out / "success.png", "closed-loop success on identical initial states")
+    if picked:
+        bar_chart(
+            {label: _picking_series(s) for label, s in summaries.items()},
+            out / "picked.png",
+            "lifted the instructed object first, identical initial states",
+            ylabel="picked target first (%)",
+        )
     (out / "report.md").write_text(_markdown(report, summaries))
     return report
+
+
+def _picking_series(summary: dict) -> dict:
+    """A summary's picked-target rates in the shape bar_chart plots."""
+
+    def node(n: dict) -> dict:
+        pk = n["picking"]
+        return {"success_rate": pk["picked_target_rate"], "ci95": pk["picked_target_ci95"]}
+
+    return {"tasks": {t: node(n) for t, n in summary["tasks"].items()}, "overall": node(summary["overall"])}
 
 
 def _pct(x: float) -> str:
@@ -436,6 +453,7 @@ def _markdown(report: dict, summaries: dict) -> str:
     lines += [
         "",
         "![success](success.png)",
+        *(["", "![picked](picked.png)"] if pk else []),
         "",
         "Rollout videos: `eval/<policy>/videos/<task>/`.",
         "",

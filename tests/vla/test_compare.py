@@ -55,6 +55,7 @@ def test_report_pairs_the_spatial_choice(tmp_path):
     assert pk["baseline"] == pytest.approx(0.4) and pk["vst"] == pytest.approx(0.9)
     assert (pk["mcnemar"]["a_only"], pk["mcnemar"]["b_only"]) == (5, 0)
     assert "Picked the instructed object first" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "picked.png").exists()
 
 
 def test_report_refuses_unpaired_evaluations(tmp_path):
