@@ -132,12 +132,13 @@ def test_vla_train_bad_inputs(vla, tmp_path):
     assert (stale / "notes.txt").read_text() == "keep me"
 
 
-def test_stock_lerobot_train_finds_the_policy_under_accelerate(vla, tmp_path):
+def test_stock_lerobot_train_finds_the_policy_under_accelerate(vla, tmp_path, free_port):
     """Stock `lerobot-train --policy.type=vst_vla` (the loop vla-train runs) finds the policy once the plugin
     package is named, and trains it in two CPU processes (gloo DDP: the effective batch doubles)."""
     out = tmp_path / "lerobot"
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--num_machines", "1", "--main_process_port", str(free_port)]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += [
         "-m",
         "lerobot.scripts.lerobot_train",
@@ -148,7 +149,12 @@ def test_stock_lerobot_train_finds_the_policy_under_accelerate(vla, tmp_path):
     cmd += ["--policy.n_action_steps=2", "--policy.device=cpu", "--policy.cameras=[agentview]"]
     cmd += ["--dataset.repo_id=local/vla_test_lift", f"--dataset.root={vla.root}", f"--output_dir={out}"]
     cmd += ["--steps=2", "--batch_size=2", "--num_workers=0", "--save_freq=2", "--log_freq=1"]
-    run = subprocess.run(cmd, env=vla.env(), capture_output=True, text=True, timeout=300)
+    try:
+        run = subprocess.run(cmd, env=vla.env(), capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:  # keep what the ranks said: a hang is otherwise undiagnosable
+        pytest.fail(
+            f"the two-process run hung for 300 s; its output ends:\n{str(e.stdout)[-2000:]}\n{str(e.stderr)[-2000:]}"
+        )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Effective batch size: 2 x 2 = 4" in run.stdout + run.stderr
     saved = out / "checkpoints" / "last" / "pretrained_model"

@@ -239,7 +239,7 @@ def test_bad_input_fails_clearly(data, cache, tmp_path):
     assert not (tmp_path / "o1" / "model").exists()
 
 
-def test_accelerate_two_processes(data, cache, tmp_path):
+def test_accelerate_two_processes(data, cache, tmp_path, free_port):
     """DDP on CPU (gloo) under `accelerate launch`: groups split across the two processes, rewards gathered."""
     script = tmp_path / "run_rl.py"
     script.write_text(
@@ -254,6 +254,7 @@ def test_accelerate_two_processes(data, cache, tmp_path):
     )
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--main_process_port", str(free_port)]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"

@@ -204,9 +204,10 @@ def test_cli_dispatches_each_stage(data, tmp_path, monkeypatch, capsys):
     assert seen == [("rl", 1e-6), ("cot", 1e-5)] and "vst-train: stage cot wrote M" in capsys.readouterr().out
 
 
-def test_accelerate_two_processes(data, cache, tmp_path):
+def test_accelerate_two_processes(data, cache, tmp_path, free_port):
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--main_process_port", str(free_port)]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vst.train"]
     args = ["stage=sft", "model=tiny", f"data={data}", f"output_dir={tmp_path}", f"cache_dir={cache}", *FAST]
     r = run([*launch, *args, "train.max_steps=2"])
