@@ -31,6 +31,8 @@ from sim.env import ACTION_DIM, CAMERAS, CONTROL_FREQ, STATE_DIM
 from sim.init_states import EVAL_SEED_BASE
 from sim.report import write_json
 from sim.tasks import resolve_tasks
+from vla.stats import KEYS as STAT_KEYS
+from vla.stats import frame_stats
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +196,11 @@ def _policy_action(driver, obs: dict, instruction: str) -> np.ndarray:
     return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
-def write_exact_stats(root: Path, keys: tuple[str, ...] = ("observation.state", "action")) -> dict:
+def write_exact_stats(root: Path, keys: tuple[str, ...] = STAT_KEYS) -> dict:
     """Rewrite the low-dimensional features' stats of the dataset at `root` over every frame (LeRobot's own are
     per-episode means: see vla/stats.py). Cheap: a few floats per frame."""
     import pyarrow.parquet as pq
     from lerobot.datasets.io_utils import load_stats, write_stats
-
-    from vla.stats import frame_stats
 
     files = sorted((root / "data").glob("**/*.parquet"))
     if not files:
