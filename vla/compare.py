@@ -31,15 +31,21 @@ BIN = Path(sys.executable).parent  # the console scripts of this environment
 
 
 class Steps:
-    """Runs each named command once; remembers finished ones (with their command) in steps.json."""
+    """Runs each named command once; remembers finished ones (with their command) in steps.json.
+
+    Commands are remembered relative to the output dir and the environment (`$OUTPUT_DIR/...`, bare tool names),
+    so a moved or copied output dir, or another checkout, still reuses its steps."""
 
     def __init__(self, out: Path, dry_run: bool, env: dict):
         self.out, self.dry_run, self.env = out, dry_run, env
         self.path = out / "steps.json"
         self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
 
+    def _portable(self, cmd: list[str]) -> str:
+        return shlex.join(cmd).replace(f"{BIN}/", "").replace(str(self.out.resolve()), "$OUTPUT_DIR")
+
     def _todo(self, name: str, cmd: list[str]) -> bool:
-        line = shlex.join(cmd)
+        line = self._portable(cmd)
         if name in self.done:
             if self.done[name]["command"] != line:
                 raise ValueError(
@@ -48,11 +54,11 @@ class Steps:
                 )
             log.info("step %s: done before, reused", name)
             return False
-        log.info("step %s: %s", name, line)
+        log.info("step %s: %s", name, shlex.join(cmd))
         return not self.dry_run
 
     def _finish(self, name: str, cmd: list[str], seconds: float) -> None:
-        self.done[name] = {"command": shlex.join(cmd), "seconds": round(seconds, 1)}
+        self.done[name] = {"command": self._portable(cmd), "seconds": round(seconds, 1)}
         write_json(self.path, self.done)
 
     def run(self, name: str, cmd: list[str], resume: list[str] | None = None) -> None:
@@ -285,7 +291,7 @@ def run_chain(cfg: DictConfig) -> dict:
                     f"chunk_size={cfg.vla.chunk_size}",
                     f"policy.image_size={cfg.vla.image_size}",
                     f"seed={cfg.seed + 1000}",
-                    f"save_freq={cfg.vla.steps}",
+                    f"save_freq={max(1, cfg.vla.steps // 8)}",  # an interrupted run resumes from the last
                     f"output_dir={run}",
                 ),
                 None,

@@ -33,7 +33,15 @@ log = logging.getLogger(__name__)
 
 RUN_SUBDIR = "train"
 # Policy settings that may differ between a run and its resumption (they do not change what is learnt).
-RESUME_MAY_CHANGE = {"device", "pretrained_path", "pretrained_revision", "push_to_hub", "repo_id", "use_amp"}
+RESUME_MAY_CHANGE = {
+    "device",
+    "pretrained_path",
+    "pretrained_revision",
+    "push_to_hub",
+    "repo_id",
+    "use_amp",
+    "scheduler_decay_steps",  # follows `steps`, which a resume may raise
+}
 
 
 def run_dir(output_dir: str | Path) -> Path:

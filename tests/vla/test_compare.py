@@ -79,6 +79,22 @@ def test_steps_run_once_and_refuse_a_changed_command(tmp_path):
     assert "bad" not in json.loads((tmp_path / "steps.json").read_text())
 
 
+def test_a_moved_output_dir_reuses_its_steps(tmp_path):
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    marker = tmp_path / "ran"
+
+    def cmd(out):
+        return [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')", f"output_dir={out}/vla"]
+
+    first.mkdir()
+    Steps(first, dry_run=False, env=None).run("s", cmd(first))
+    recorded = json.loads((first / "steps.json").read_text())["s"]["command"]
+    assert str(first) not in recorded and "output_dir=$OUTPUT_DIR/vla" in recorded
+    first.rename(moved)
+    Steps(moved, dry_run=False, env=None).run("s", cmd(moved))
+    assert marker.read_text() == "x"  # not rerun
+
+
 def test_parallel_steps_keep_the_finished_ones_when_one_fails(tmp_path):
     steps = Steps(tmp_path, dry_run=False, env=None)
     write = "import os, sys; open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS'])"

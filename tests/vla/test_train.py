@@ -47,6 +47,7 @@ def test_vla_train_writes_checkpoints_and_resumes(vla, tmp_path):
 
     policy = VLAPolicy.from_pretrained(vla_train.last_checkpoint(out))
     assert policy.config.chunk_size == 4 and policy.config.image_size == 56
+    assert policy.config.scheduler_decay_steps == 6  # the cosine spans the (raised) run, not a fixed 10k
 
     # Resuming with other policy settings is refused before anything is touched.
     with pytest.raises(ValueError, match="chunk_size"):
