@@ -22,7 +22,16 @@ from omegaconf import OmegaConf
 from vst.backbone import build_backbone
 from vst.data.generate import DataConfig, generate_rows
 from vst.packing import IGNORE, pack, pad, use_varlen_attention
-from vst.sft import Plan, RowDataset, TrainConfig, param_groups, prepare_model, row_length, token_loss_sum
+from vst.sft import (
+    Plan,
+    RowDataset,
+    TrainConfig,
+    param_groups,
+    part_lrs,
+    prepare_model,
+    row_length,
+    token_loss_sum,
+)
 
 DEFAULTS = {
     "model": "tiny",
@@ -46,7 +55,7 @@ class Mode:
         if self.packing:
             use_varlen_attention(model)
         self.model = prepare_model(model, t).train()
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, t))
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, part_lrs(t)))
         self.dataset = RowDataset(rows, self.processor, model.model.get_rope_index)
         plan = Plan(lengths, opts.seed, self.packing, opts.pack_tokens, opts.batch_size, 1, 1)
         self.batches, self.device = plan.epoch(0), opts.device

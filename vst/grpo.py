@@ -17,7 +17,7 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer
 
-from vst.sft import NonFiniteLoss, part_of
+from vst.sft import NonFiniteLoss, param_groups
 
 # Rewards closer than this count as equal: a group spread this small carries no usable signal.
 EQUAL_REWARD_ATOL = 1e-6
@@ -99,13 +99,7 @@ class VSTGRPOTrainer(GRPOTrainer):
     def create_optimizer(self, model=None):
         if self.part_lrs is None or self.optimizer is not None:
             return super().create_optimizer(model)
-        params = {}
-        for name, p in (self.model if model is None else model).named_parameters():
-            if p.requires_grad:
-                params.setdefault(part_of(name), []).append(p)
-        if not params:
-            raise ValueError("no trainable parameters")
-        groups = [{"name": part, "params": ps, "lr": self.part_lrs[part]} for part, ps in params.items()]
+        groups = param_groups(self.model if model is None else model, self.part_lrs)
         self.optimizer = torch.optim.AdamW(
             groups, lr=self.args.learning_rate, weight_decay=self.args.weight_decay
         )

@@ -33,7 +33,15 @@ from vst.backbone import FINAL_MODEL_DIR, build_backbone, save_backbone
 from vst.grpo import VSTGRPOTrainer
 from vst.rewards import RewardConfig
 from vst.scoring import parse_meta
-from vst.sft import TrainConfig, WandbConfig, export_model, image_tokens, prepare_model, row_messages
+from vst.sft import (
+    TrainConfig,
+    WandbConfig,
+    export_model,
+    image_tokens,
+    part_lrs,
+    prepare_model,
+    row_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +228,8 @@ class RunLog(TrainerCallback):
         now = time.perf_counter()
         rec = {"step": state.global_step, "epoch": logs.get("epoch")}
         rec |= {k: logs.get(src) for k, src in self.FIELDS.items()}
+        if optimizer := kwargs.get("optimizer"):  # Trainer logs the first group's lr (the vision tower's)
+            rec["lr"] = optimizer.param_groups[-1]["lr"]
         rec["tokens_per_s"] = (state.num_input_tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9)
         rec["elapsed_s"] = now - self.t0
         done = max(state.global_step - self.start_step, 1)
@@ -343,7 +353,7 @@ def build_trainer(cfg: RLConfig, args: GRPOConfig, reward_funcs: list | None = N
         processing_class=rollout_processor,
         callbacks=list(callbacks),
         online_filter=r.online_filter,
-        part_lrs={"vision": t.lr_vision, "merger": t.lr_merger, "llm": t.lr},
+        part_lrs=part_lrs(t),
     )
     trainer.remove_callback(PrinterCallback)  # RunLog writes the log lines
     trainer.remove_callback(ProgressCallback)

@@ -360,8 +360,12 @@ def prepare_model(model, t: TrainConfig):
     return model
 
 
-def param_groups(model, t: TrainConfig) -> list[dict]:
-    lrs = {"vision": t.lr_vision, "merger": t.lr_merger, "llm": t.lr}
+def part_lrs(t: TrainConfig) -> dict[str, float]:
+    return {"vision": t.lr_vision, "merger": t.lr_merger, "llm": t.lr}
+
+
+def param_groups(model, lrs: dict[str, float]) -> list[dict]:
+    """One AdamW group per part (vision, merger, llm: the LLM last, where the logged lr is read)."""
     params = {part: [] for part in PARTS}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -474,7 +478,7 @@ def train(cfg: SFTConfig) -> dict:
     if t.packing:
         use_varlen_attention(model)
     model = prepare_model(model, t)
-    optimizer = torch.optim.AdamW(param_groups(model, t), weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, part_lrs(t)), weight_decay=t.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(t.warmup_ratio * total), total)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)

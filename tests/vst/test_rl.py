@@ -184,7 +184,9 @@ def test_resume_continues_where_it_stopped(data, cache, tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     summary = R.train(config(*args), reward_funcs=[varied_reward, varied_reward])
     assert summary["steps"] == 2
-    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [2]
+    (logged,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged["step"] == 2
+    assert logged["lr"] == pytest.approx(1e-3)  # the LLM's lr, not the vision tower's 1e-6 (Trainer's first group)
     resumed = load_file(tmp_path / "model" / "model.safetensors")
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
     key = "model.language_model.layers.0.mlp.up_proj.weight"

@@ -86,11 +86,11 @@ def test_param_groups_freezing_and_lora(data, cache, tmp_path):
 
     model, _ = build_backbone("tiny", cache_dir=cache)
     t = S.TrainConfig(lr=1.0, lr_vision=2.0, lr_merger=3.0)
-    groups = {g["name"]: g for g in S.param_groups(S.prepare_model(model, t), t)}
+    groups = {g["name"]: g for g in S.param_groups(S.prepare_model(model, t), S.part_lrs(t))}
     assert {k: g["lr"] for k, g in groups.items()} == {"llm": 1.0, "vision": 2.0, "merger": 3.0}
     assert sum(p.numel() for g in groups.values() for p in g["params"]) == model.num_parameters()
     frozen = S.TrainConfig(freeze_vision=True, freeze_merger=True)
-    assert [g["name"] for g in S.param_groups(S.prepare_model(model, frozen), frozen)] == ["llm"]
+    assert [g["name"] for g in S.param_groups(S.prepare_model(model, frozen), S.part_lrs(frozen))] == ["llm"]
     # LoRA on the LLM with the vision tower frozen: the saved checkpoint is a plain merged model
     cfg = config(
         "sft",
