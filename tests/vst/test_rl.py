@@ -186,7 +186,8 @@ def test_resume_continues_where_it_stopped(data, cache, tmp_path):
     assert summary["steps"] == 2
     (logged,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged["step"] == 2
-    assert logged["lr"] == pytest.approx(1e-3)  # the LLM's lr, not the vision tower's 1e-6 (Trainer's first group)
+    # the LLM's lr, not the vision tower's 1e-6 (Trainer logs the first group's)
+    assert logged["lr"] == pytest.approx(1e-3)
     resumed = load_file(tmp_path / "model" / "model.safetensors")
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
     key = "model.language_model.layers.0.mlp.up_proj.weight"
