@@ -252,6 +252,7 @@ class SimEnv(gym.Env):
             "seed": self.seed_used,
             "steps": self._steps,
             "picked": self.picked(),
+            "picked_lookalike": self.picked_lookalike(),
         }
 
     def _target(self) -> str:
@@ -265,6 +266,18 @@ class SimEnv(gym.Env):
         if not self._lift_order:
             return "none"
         return "target" if self._lift_order[0] == self._target() else "wrong"
+
+    def picked_lookalike(self) -> bool:
+        """Whether the first object lifted looks like the target (same kind and colour): the confusion only the
+        spatial words can prevent, told apart from knocking a bowl or a plate up on the way."""
+        if not self._lift_order or not isinstance(self.task_spec, SpatialTask):
+            return False
+        t, first = self.task_spec, self._lift_order[0]
+        target = t.object(t.target)
+        return first != t.target and (t.object(first).kind, t.object(first).color) == (
+            target.kind,
+            target.color,
+        )
 
     def _object_bodies(self) -> dict[str, int]:
         rs = self._rs

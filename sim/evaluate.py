@@ -91,6 +91,7 @@ def run_round(venv, policy, pre, post, task: str, seeds: list[int], record_video
                     "steps": int(info["steps"][i]),
                     "failure_reason": None if success else str(info["failure_reason"][i]),
                     "picked": str(info["picked"][i]),
+                    "picked_lookalike": bool(info["picked_lookalike"][i]),
                     "wall_s": round(time.perf_counter() - t0, 2),
                 }
     for i, r in enumerate(results):

@@ -51,12 +51,19 @@ def picking(eps: list[dict]) -> dict | None:
     n = len(eps)
     target = sum(e["picked"] == "target" for e in eps)
     wrong = sum(e["picked"] == "wrong" for e in eps)
-    return {
+    out = {
         "picked_target_rate": target / n,
         "picked_target_ci95": list(wilson(target, n)),
         "picked_wrong_rate": wrong / n,
         "choice_accuracy": target / (target + wrong) if target + wrong else None,
+        "picked_lookalike_rate": None,
+        "lookalike_choice_accuracy": None,
     }
+    if all("picked_lookalike" in e for e in eps):  # older episodes lack it
+        look = sum(e["picked_lookalike"] for e in eps)
+        out["picked_lookalike_rate"] = look / n
+        out["lookalike_choice_accuracy"] = target / (target + look) if target + look else None
+    return out
 
 
 def summarize(episodes: list[dict]) -> dict:
@@ -88,8 +95,11 @@ def _picked(node: dict) -> str:
     pk = node.get("picking")
     if not pk:
         return "-"
-    acc = pk["choice_accuracy"]
-    return f"{100 * pk['picked_target_rate']:.0f}% / {100 * pk['picked_wrong_rate']:.0f}% / " + (
+    acc, look = pk["choice_accuracy"], pk.get("picked_lookalike_rate")
+    wrong = f"{100 * pk['picked_wrong_rate']:.0f}%" + (
+        f" ({100 * look:.0f}% look-alike)" if look is not None else ""
+    )
+    return f"{100 * pk['picked_target_rate']:.0f}% / {wrong} / " + (
         f"{100 * acc:.0f}%" if acc is not None else "-"
     )
 
@@ -118,8 +128,9 @@ def markdown_table(summary: dict, title: str) -> str:
     )
     lines += [
         "",
-        "picked: the first object lifted 3 cm was the target / another object; choice accuracy = target / "
-        "(target + wrong), the spatial choice apart from the place that follows.",
+        "picked: the first object lifted 3 cm was the target / another object (look-alike: same kind and colour "
+        "as the target); choice accuracy = target / (target + wrong), the spatial choice apart from the place "
+        "that follows.",
     ]
     return "\n".join(lines) + "\n"
 

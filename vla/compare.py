@@ -364,10 +364,15 @@ def write_report(out: Path, labels: list[str], done: dict) -> dict:
         tk = [k for k in keys if k[0] == task]
         per_task[task] = _paired([vst[k]["success"] for k in tk], [base[k]["success"] for k in tk])
     # The spatial choice on its own: did each policy lift the instructed object first (same starts, paired).
-    picked = None
+    picked = lookalike = None
     if all("picked" in e for e in (*base.values(), *vst.values())):
         picked = _paired(
             [vst[k]["picked"] == "target" for k in keys], [base[k]["picked"] == "target" for k in keys]
+        )
+    # ... and the confusion the words should prevent: lifting the target's look-alike first
+    if all("picked_lookalike" in e for e in (*base.values(), *vst.values())):
+        lookalike = _paired(
+            [vst[k]["picked_lookalike"] for k in keys], [base[k]["picked_lookalike"] for k in keys]
         )
     bench = {}
     for name in ("baseline", "sft", "cot", "vst"):
@@ -376,6 +381,7 @@ def write_report(out: Path, labels: list[str], done: dict) -> dict:
     report = {
         "paired": {"episodes": len(keys), "vst_minus_baseline": diff, "mcnemar_vst_vs_baseline": paired},
         "picked_target_paired": picked,
+        "picked_lookalike_paired": lookalike,
         "per_task": per_task,
         "policies": {k: {"overall": s["overall"], "tasks": s["tasks"]} for k, s in summaries.items()},
         "bench": bench,
@@ -432,6 +438,12 @@ def _markdown(report: dict, summaries: dict) -> str:
         lines.append(
             f"Picked the instructed object first (the spatial choice, apart from the place): baseline "
             f"{_pct(pk['baseline'])}, VST {_pct(pk['vst'])}, McNemar p = {pk['mcnemar']['p_value']:.3g}."
+        )
+    lk = report.get("picked_lookalike_paired")
+    if lk:
+        lines.append(
+            f"Lifted the target's look-alike first (the wrong one of two identical objects): baseline "
+            f"{_pct(lk['baseline'])}, VST {_pct(lk['vst'])}, McNemar p = {lk['mcnemar']['p_value']:.3g}."
         )
     lines += [
         "",

@@ -108,8 +108,26 @@ def test_picked_names_the_first_object_lifted():
             rs.sim.data.set_joint_qpos(joint, qpos)
             rs.sim.forward()
             _, _, _, _, info = env.step(np.zeros(ACTION_DIM))
-            assert info["picked"] == "wrong"
+            assert info["picked"] == "wrong" and info["picked_lookalike"]
             assert info.get("failure_reason") is None
+    finally:
+        env.close()
+
+
+def test_knocking_the_bowl_up_is_a_wrong_pick_but_not_a_lookalike():
+    env = SimEnv("pick_left_of_bowl", image_size=32, max_steps=10)
+    try:
+        env.reset(seed=0)
+        _, _, _, _, info = env.step(np.zeros(ACTION_DIM))
+        assert info["picked"] == "none" and not info["picked_lookalike"]
+        rs = env._rs
+        joint = rs.objects["bowl"].joints[0]
+        qpos = np.array(rs.sim.data.get_joint_qpos(joint))
+        qpos[2] += 0.2
+        rs.sim.data.set_joint_qpos(joint, qpos)
+        rs.sim.forward()
+        _, _, _, _, info = env.step(np.zeros(ACTION_DIM))
+        assert info["picked"] == "wrong" and not info["picked_lookalike"]
     finally:
         env.close()
 

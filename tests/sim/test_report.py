@@ -57,5 +57,34 @@ def test_picking_rates_and_choice_accuracy():
     assert a["choice_accuracy"] == pytest.approx(2 / 3)
     assert s["tasks"]["b"]["picking"]["choice_accuracy"] is None
     assert s["overall"]["picking"]["picked_target_rate"] == pytest.approx(2 / 5)
+    assert a["picked_lookalike_rate"] is None  # episodes recorded before the field
     md = markdown_table(s, "t")
     assert "50% / 25% / 67%" in md and "0% / 0% / -" in md
+
+
+def test_lookalike_choice_accuracy():
+    eps = [
+        {
+            "task": "a",
+            "success": False,
+            "steps": 9,
+            "failure_reason": "x",
+            "picked": p,
+            "picked_lookalike": look,
+        }
+        for p, look in [
+            ("target", False),
+            ("wrong", True),
+            ("wrong", False),
+            ("target", False),
+            ("none", False),
+        ]
+    ]
+    pk = summarize(eps)["tasks"]["a"]["picking"]
+    assert pk["picked_lookalike_rate"] == pytest.approx(1 / 5) and pk["picked_wrong_rate"] == pytest.approx(
+        2 / 5
+    )
+    assert pk["lookalike_choice_accuracy"] == pytest.approx(2 / 3) and pk["choice_accuracy"] == pytest.approx(
+        1 / 2
+    )
+    assert "40% / 40% (20% look-alike) / 50%" in markdown_table(summarize(eps), "t")

@@ -7,7 +7,9 @@ import pytest
 from vla.compare import Steps, write_report
 
 
-def _eval_dir(root: Path, label: str, outcomes: dict[tuple[str, int], bool], picked=None) -> None:
+def _eval_dir(
+    root: Path, label: str, outcomes: dict[tuple[str, int], bool], picked=None, lookalike=None
+) -> None:
     from sim.report import summarize
 
     d = root / "eval" / label
@@ -20,6 +22,7 @@ def _eval_dir(root: Path, label: str, outcomes: dict[tuple[str, int], bool], pic
             "steps": 10,
             "failure_reason": None if ok else "target_not_lifted",
             **({"picked": picked[(t, s)]} if picked else {}),
+            **({"picked_lookalike": lookalike[(t, s)]} if lookalike else {}),
         }
         for (t, s), ok in outcomes.items()
     ]
@@ -42,19 +45,34 @@ def test_report_pairs_episodes_and_tests_the_difference(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "+66.7 points" in md and "vst-data n=1" in md
     assert (tmp_path / "success.png").exists()
-    assert r["picked_target_paired"] is None  # episodes without the field
+    assert r["picked_target_paired"] is None and r["picked_lookalike_paired"] is None  # episodes without them
 
 
 def test_report_pairs_the_spatial_choice(tmp_path):
     keys = [("a", s) for s in range(10)]
     base = dict.fromkeys(keys, False)
-    _eval_dir(tmp_path, "baseline-VLA", base, {k: "wrong" if k[1] < 6 else "target" for k in keys})
-    _eval_dir(tmp_path, "vst-VLA", base, {k: "none" if k[1] < 1 else "target" for k in keys})
+    _eval_dir(
+        tmp_path,
+        "baseline-VLA",
+        base,
+        {k: "wrong" if k[1] < 6 else "target" for k in keys},
+        {k: k[1] < 4 for k in keys},  # 4 of its 6 wrong picks were the look-alike
+    )
+    _eval_dir(
+        tmp_path,
+        "vst-VLA",
+        base,
+        {k: "none" if k[1] < 1 else "target" for k in keys},
+        dict.fromkeys(keys, False),
+    )
     r = write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
     pk = r["picked_target_paired"]
     assert pk["baseline"] == pytest.approx(0.4) and pk["vst"] == pytest.approx(0.9)
     assert (pk["mcnemar"]["a_only"], pk["mcnemar"]["b_only"]) == (5, 0)
+    lk = r["picked_lookalike_paired"]
+    assert (lk["baseline"], lk["vst"]) == (pytest.approx(0.4), 0.0) and lk["mcnemar"]["b_only"] == 4
     assert "Picked the instructed object first" in (tmp_path / "report.md").read_text()
+    assert "look-alike first" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "picked.png").exists()
 
 
