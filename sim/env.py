@@ -272,12 +272,9 @@ class SimEnv(gym.Env):
         spatial words can prevent, told apart from knocking a bowl or a plate up on the way."""
         if not self._lift_order or not isinstance(self.task_spec, SpatialTask):
             return False
-        t, first = self.task_spec, self._lift_order[0]
-        target = t.object(t.target)
-        return first != t.target and (t.object(first).kind, t.object(first).color) == (
-            target.kind,
-            target.color,
-        )
+        t = self.task_spec
+        first, target = t.object(self._lift_order[0]), t.object(t.target)
+        return first.name != target.name and (first.kind, first.color) == (target.kind, target.color)
 
     def _object_bodies(self) -> dict[str, int]:
         rs = self._rs
