@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sim.report import bar_chart, mcnemar, write_json
-from vst.pipeline_report import write_backbone_report
+from vst.pipeline_report import STAGES, write_backbone_report
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,20 @@ def run_chain(cfg: DictConfig) -> dict:
             ),
         )
 
+    if cfg.bench.think:  # the CoT and RL checkpoints also in the mode their rows train: think first
+        for name in ("cot", "vst"):
+            steps.run(
+                f"bench_{name}_think",
+                _cmd(
+                    "vst-bench",
+                    f"model={stage_models[name]}",
+                    f"data={data}/bench*/shard-*.parquet",
+                    f"max_new_tokens={cfg.bench.max_new_tokens}",
+                    "think=true",
+                    f"output_dir={out / 'bench' / f'{name}_think'}",
+                ),
+            )
+
     if not cfg.dry_run:
         write_backbone_report(out)
     if cfg.stop_after == "backbones":
@@ -375,7 +389,7 @@ def write_report(out: Path, labels: list[str], done: dict) -> dict:
             [vst[k]["picked_lookalike"] for k in keys], [base[k]["picked_lookalike"] for k in keys]
         )
     bench = {}
-    for name in ("baseline", "sft", "cot", "vst"):
+    for name in STAGES:
         path = out / "bench" / name / "results.json"
         bench[name] = json.loads(path.read_text()) if path.exists() else None
     report = {
@@ -460,13 +474,16 @@ def _markdown(report: dict, summaries: dict) -> str:
         lines.append(f"| {task} | {_pct(t['baseline'])} | {_pct(t['vst'])} | {t['mcnemar']['p_value']:.3g} |")
     lines += [
         "",
-        "Backbones on the held-out benchmark (vst-bench, mean over skills, %); vst = after RL:",
+        "Backbones on the held-out benchmark (vst-bench, mean over skills, %); vst = after RL; *_think = asked to "
+        "think first:",
         "",
         "| backbone | spatial | general |",
         "|---|---|---|",
     ]
-    for name in ("baseline", "sft", "cot", "vst"):
+    for name in STAGES:
         res = report["bench"].get(name)
+        if res is None and name.endswith("_think"):
+            continue
         lines.append(f"| {name} | {_bench_overall(res, 'spatial')} | {_bench_overall(res, 'general')} |")
     lines += [
         "",

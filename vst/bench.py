@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from vst.backbone import resolve_backbone
 from vst.data.io import read_rows
+from vst.data.rows import THINK_INSTRUCTION
 from vst.scoring import parse_meta, score_answer
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class BenchConfig:
     device: str = "auto"
     dtype: str = "auto"
     system_prompt: str | None = None
+    think: bool = False  # ask for a <think> block first (the CoT / RL prompt) instead of a direct answer
     cpu_threads: int | None = None  # torch intra-op threads on the CPU; None keeps torch's default
     bench_data_dir: str = "outputs/vst-bench/data"  # data=null: where the data engine writes the benchmark
     bench_per_skill: int = 50
@@ -132,10 +134,14 @@ def select_rows(rows: Iterable[dict], splits: list[str], limit: int | None) -> l
     return selected
 
 
-def build_messages(row: BenchRow, system_prompt: str | None = None) -> list[dict]:
-    """Chat messages for the prompt: every turn but the final answer, images in place of their placeholders."""
+def build_messages(row: BenchRow, system_prompt: str | None = None, think: bool = False) -> list[dict]:
+    """Chat messages for the prompt: every turn but the final answer, images in place of their placeholders.
+
+    `think` appends the data engine's THINK_INSTRUCTION to the question, the cue the CoT and RL rows train on."""
     _check_placeholders(row.id, row.conversations, len(row.images))
     turns, images = _prompt_turns(row.conversations), iter(row.images)
+    if think and turns and THINK_INSTRUCTION not in str(turns[-1].get("value", "")):
+        turns = [*turns[:-1], {**turns[-1], "value": f"{turns[-1].get('value', '')}\n{THINK_INSTRUCTION}"}]
     messages = (
         [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
     )
@@ -339,12 +345,21 @@ def run_bench(cfg: BenchConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_backbone(cfg.model)  # a preset / baseline / vst name, a directory or a hub id
     run_file = out / "bench_run.json"
-    if run_file.exists() and (previous := json.loads(run_file.read_text()))["checkpoint"] != checkpoint:
-        raise ValueError(
-            f"{out} holds results of model {previous['checkpoint']!r}, not {checkpoint!r}; use another output_dir"
-        )
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous["checkpoint"] != checkpoint:
+            raise ValueError(
+                f"{out} holds results of model {previous['checkpoint']!r}, not {checkpoint!r}; use another output_dir"
+            )
+        if previous.get("think", False) != cfg.think:
+            raise ValueError(
+                f"{out} holds results with think={previous.get('think', False)}, not think={cfg.think}; "
+                "use another output_dir"
+            )
     run_file.write_text(
-        json.dumps({"model": cfg.model, "checkpoint": checkpoint, "data": cfg.data}, indent=2)
+        json.dumps(
+            {"model": cfg.model, "checkpoint": checkpoint, "data": cfg.data, "think": cfg.think}, indent=2
+        )
     )
 
     data = cfg.data or str(
@@ -377,7 +392,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         with predictions_path.open("a") as f, tqdm(total=len(todo), desc="vst-bench", unit="row") as bar:
             for i in range(0, len(todo), cfg.batch_size):
                 batch = todo[i : i + cfg.batch_size]
-                messages = [build_messages(r, cfg.system_prompt) for r in batch]
+                messages = [build_messages(r, cfg.system_prompt, cfg.think) for r in batch]
                 for row, (text, length) in zip(
                     batch, generate(model, processor, messages, cfg.max_new_tokens)
                 ):
@@ -408,7 +423,14 @@ def run_bench(cfg: BenchConfig) -> dict:
     # Re-scored from the stored outputs on every run, so a resumed run and a fixed scorer agree with a fresh one.
     records = [dict(done[r.id], score=score_answer(done[r.id]["output"], r.meta_info)) for r in rows]
     summary = summarize(records)
-    results = {"model": cfg.model, "checkpoint": checkpoint, "data": data, "splits": summary, "speed": speed}
+    results = {
+        "model": cfg.model,
+        "checkpoint": checkpoint,
+        "data": data,
+        "think": cfg.think,
+        "splits": summary,
+        "speed": speed,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_markdown(summary, cfg.model, out / "results.md")
     write_chart(summary, cfg.model, out / "results.png")

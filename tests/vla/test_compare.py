@@ -192,5 +192,10 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
     assert "act" not in planned  # off on a CPU budget
     steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
     assert "replay.fraction=0.3" in steps["step train_cot"]
+    assert (
+        "think=true" in steps["step bench_vst_think"]
+        and "backbones/rl/model" in steps["step bench_vst_think"]
+    )
+    assert "think=true" not in steps["step bench_vst"]
     assert "episodes=50" in steps["step eval_vst-VLA"] and "steps=10000" in steps["step vla_vst"]
     assert not list(tmp_path.iterdir())  # a dry run writes nothing

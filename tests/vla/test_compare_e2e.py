@@ -41,7 +41,7 @@ def test_vla_compare_end_to_end_ci_sized(tmp_path):
     assert set(report["policies"]) == {"baseline-VLA", "vst-VLA", "ACT"}
     assert report["bench"]["vst"] and report["bench"]["baseline"]
     backbones = json.loads((out / "backbones.json").read_text())
-    assert set(backbones["stages"]) == {"baseline", "sft", "cot", "vst"}
+    assert set(backbones["stages"]) == {"baseline", "sft", "cot", "vst", "cot_think", "vst_think"}
     assert (out / "backbones.md").exists() and (out / "curves.png").exists()
     assert list((out / "eval" / "vst-VLA" / "videos").rglob("*.mp4"))
     assert (out / "logs" / "vla_vst.log").exists()  # the quick preset trains the VLAs side by side

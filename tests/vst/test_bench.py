@@ -213,6 +213,10 @@ def test_resume_keeps_written_rows_and_repairs_a_torn_line(tiny_model, tmp_path,
 
     with pytest.raises(ValueError, match="holds results of model"):
         run_bench(BenchConfig(model="other/model", data=str(data), output_dir=cfg.output_dir))
+    with pytest.raises(
+        ValueError, match="think=False, not think=True"
+    ):  # the two prompts never mix in one dir
+        run_bench(BenchConfig(model=cfg.model, data=str(data), output_dir=cfg.output_dir, think=True))
 
 
 def test_batched_left_padded_generation_matches_one_by_one(tiny_model):
@@ -236,6 +240,17 @@ def test_messages_put_images_where_the_placeholders_were():
     assert kinds == ["text", "image", "text", "image", "text"]
     assert messages[1]["content"][1]["image"].size == (48, 40)
     assert len(messages) == 2  # the reference answer is not part of the prompt
+
+
+def test_think_appends_the_cot_cue_once():
+    from vst.data.rows import THINK_INSTRUCTION
+
+    row = select_rows(iter(make_rows(1)), ["spatial"], None)[0]
+    direct = build_messages(row)[-1]["content"][-1]["text"]
+    think = build_messages(row, think=True)[-1]["content"][-1]["text"]
+    assert THINK_INSTRUCTION not in direct and think == f"{direct}\n{THINK_INSTRUCTION}"
+    row.conversations[0]["value"] += f"\n{THINK_INSTRUCTION}"  # an RL row already asks: not twice
+    assert build_messages(row, think=True)[-1]["content"][-1]["text"].count(THINK_INSTRUCTION) == 1
 
 
 def test_select_rows_limits_per_skill_and_splits():

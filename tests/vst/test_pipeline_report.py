@@ -41,6 +41,26 @@ def test_table_deltas_use_the_rl_trained_skills(tmp_path):
     assert (tmp_path / "backbones.png").exists() and (tmp_path / "curves.png").exists()
 
 
+def test_rl_delta_uses_the_think_prompt_when_both_think_benches_exist(tmp_path):
+    _bench(tmp_path, "baseline", {"depth_compare": 20.0}, {"general_color": 50.0})
+    _bench(tmp_path, "cot", {"depth_compare": 30.0}, {"general_color": 49.0})
+    _bench(tmp_path, "vst", {"depth_compare": 29.0}, {"general_color": 49.0})
+    _bench(tmp_path, "cot_think", {"depth_compare": 40.0}, {"general_color": 45.0})
+    rl = tmp_path / "data" / "rl"
+    rl.mkdir(parents=True)
+    (rl / "manifest.json").write_text(json.dumps({"counts": {"skill": {"depth_compare": 30}}}))
+    assert (
+        backbone_table(tmp_path)["deltas"]["rl_minus_cot_mode"] == "direct"
+    )  # one think bench is not a pair
+    _bench(tmp_path, "vst_think", {"depth_compare": 45.0}, {"general_color": 46.0})
+    table = write_backbone_report(tmp_path)
+    d = table["deltas"]
+    assert d["rl_minus_cot_mode"] == "think" and d["rl_minus_cot_rl_skills"] == pytest.approx(5.0)
+    assert d["rl_minus_cot_rl_skills_direct"] == pytest.approx(-1.0)
+    md = (tmp_path / "backbones.md").read_text()
+    assert "RL-trained skills (think): 5.0 points" in md and "asked directly: -1.0" in md
+
+
 def test_missing_stages_leave_gaps_and_no_results_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no vst-bench results"):
         backbone_table(tmp_path)

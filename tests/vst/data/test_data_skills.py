@@ -242,6 +242,20 @@ def test_reference_answers_score_perfectly_with_the_scorer():
                 assert scoring.score_answer(wrong, meta) == 0.0
 
 
+def test_only_rows_that_answer_with_a_trace_ask_for_one():
+    """CoT and RL rows carry the think cue, perception and general rows do not: without it a CoT cold start teaches
+    the model to think on every question, and the benchmark's direct prompt loses what SFT taught."""
+    from vst.data.rows import THINK_INSTRUCTION
+
+    cfg = DataConfig(split="train")
+    skill = next(s for s in cfg.skill_names if SKILLS[s].cot and SKILLS[s].family != "general")
+    for row_type, asks in (("spatial_thought", True), ("rl", True), ("perception", False)):
+        row = generate_row(cfg, skill, row_type, 70_000)
+        human, gpt = (t["value"] for t in row["conversations"])
+        assert human.endswith(THINK_INSTRUCTION) == asks, row_type
+        assert gpt.startswith("<think>") == (row_type == "spatial_thought"), row_type
+
+
 def test_symmetric_objects_get_camera_facing_yaw():
     from vst.data.geometry import box9_in_camera, look_at
 
