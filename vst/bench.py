@@ -351,16 +351,15 @@ def run_bench(cfg: BenchConfig) -> dict:
             raise ValueError(
                 f"{out} holds results of model {previous['checkpoint']!r}, not {checkpoint!r}; use another output_dir"
             )
-        if previous.get("think", False) != cfg.think:
-            raise ValueError(
-                f"{out} holds results with think={previous.get('think', False)}, not think={cfg.think}; "
-                "use another output_dir"
-            )
-    run_file.write_text(
-        json.dumps(
-            {"model": cfg.model, "checkpoint": checkpoint, "data": cfg.data, "think": cfg.think}, indent=2
-        )
-    )
+        # outputs of another prompt or length limit would mix into the scores (think was off before it existed)
+        for key, default in (("think", False), ("max_new_tokens", cfg.max_new_tokens)):
+            if (was := previous.get(key, default)) != getattr(cfg, key):
+                raise ValueError(
+                    f"{out} holds results with {key}={was}, not {key}={getattr(cfg, key)}; "
+                    "use another output_dir"
+                )
+    run = {"model": cfg.model, "checkpoint": checkpoint, "data": cfg.data, "think": cfg.think}
+    run_file.write_text(json.dumps({**run, "max_new_tokens": cfg.max_new_tokens}, indent=2))
 
     data = cfg.data or str(
         bench_data_from_engine(Path(cfg.bench_data_dir), cfg.bench_per_skill, cfg.bench_seed, cfg.splits)

@@ -198,4 +198,5 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
     )
     assert "think=true" not in steps["step bench_vst"]
     assert "episodes=50" in steps["step eval_vst-VLA"] and "steps=10000" in steps["step vla_vst"]
+    assert "max_new_tokens=768" in steps["step bench_sft"]  # room for the longest 3D-box answer
     assert not list(tmp_path.iterdir())  # a dry run writes nothing

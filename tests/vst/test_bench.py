@@ -217,6 +217,8 @@ def test_resume_keeps_written_rows_and_repairs_a_torn_line(tiny_model, tmp_path,
         ValueError, match="think=False, not think=True"
     ):  # the two prompts never mix in one dir
         run_bench(BenchConfig(model=cfg.model, data=str(data), output_dir=cfg.output_dir, think=True))
+    with pytest.raises(ValueError, match="max_new_tokens=.*, not max_new_tokens=3"):
+        run_bench(BenchConfig(model=cfg.model, data=str(data), output_dir=cfg.output_dir, max_new_tokens=3))
 
 
 def test_batched_left_padded_generation_matches_one_by_one(tiny_model):
