@@ -151,6 +151,9 @@ def run_chain(cfg: DictConfig) -> dict:
         raise ValueError(
             f"vst_stage must be sft, cot or rl (the stage the VST-VLA starts from), got {cfg.vst_stage!r}"
         )
+    n_seeds = int(cfg.vla.seeds)
+    if n_seeds < 1:
+        raise ValueError(f"vla.seeds must be >= 1 (VLA trainings per backbone), got {cfg.vla.seeds}")
     out = Path(cfg.output_dir).resolve()
     env = dict(os.environ)
     if cfg.cpu_threads:
@@ -286,13 +289,15 @@ def run_chain(cfg: DictConfig) -> dict:
         ),
     )
 
-    # 5. The same VLA recipe on each backbone: identical demos, seed, steps, batch, learning rate.
+    # 5. The same VLA recipe on each backbone: identical demos, seed, steps, batch, learning rate. With
+    # vla.seeds = n, n trainings per backbone (training seeds seed+1000+i, paired across backbones): one training
+    # run per backbone cannot tell the backbone's effect from the run's.
     policies, train_jobs = {}, []
-    for name, ckpt in backbones.items():
-        run = out / "vla" / name
+    for i, (name, ckpt) in ((i, b) for i in range(n_seeds) for b in backbones.items()):
+        run = out / "vla" / f"{name}{seed_suffix(i)}"
         train_jobs.append(
             (
-                f"vla_{name}",
+                f"vla_{name}{seed_suffix(i)}",
                 _cmd(
                     "vla-train",
                     f"backbone={ckpt}",
@@ -304,14 +309,14 @@ def run_chain(cfg: DictConfig) -> dict:
                     f"policy.bin_label_sigma={cfg.vla.bin_label_sigma}",
                     f"chunk_size={cfg.vla.chunk_size}",
                     f"policy.image_size={cfg.vla.image_size}",
-                    f"seed={cfg.seed + 1000}",
+                    f"seed={cfg.seed + 1000 + i}",
                     f"save_freq={max(1, cfg.vla.steps // 8)}",  # an interrupted run resumes from the last
                     f"output_dir={run}",
                 ),
                 None,
             )
         )
-        policies[f"{name}-VLA"] = run / "train" / "checkpoints" / "last" / "pretrained_model"
+        policies[f"{name}-VLA{seed_suffix(i)}"] = run / "train" / "checkpoints" / "last" / "pretrained_model"
     if cfg.act.enabled:
         act_dir = out / "act"
         fresh, resume = _act_commands(cfg, demos, act_dir)
@@ -342,7 +347,12 @@ def run_chain(cfg: DictConfig) -> dict:
     steps.run_parallel(eval_jobs, width, side_threads)
     if cfg.dry_run:
         return {}
-    return write_report(out, list(policies), steps.done)
+    return write_report(out, list(policies), steps.done, seeds=n_seeds)
+
+
+def seed_suffix(i: int) -> str:
+    """Names of the i-th VLA training per backbone: the first keeps the plain names (vla/vst, eval/vst-VLA)."""
+    return "" if i == 0 else f"-seed{i}"
 
 
 def _episodes(path: Path) -> dict[tuple[str, int], dict]:
@@ -358,45 +368,78 @@ def _paired(vst: list[bool], base: list[bool]) -> dict:
     }
 
 
-def write_report(out: Path, labels: list[str], done: dict) -> dict:
-    """Paired comparison of the two VLAs (McNemar on identical starts), every policy's success, bench scores."""
+def _comparison(pairs: list[tuple[dict, dict]]) -> dict:
+    """Success, picked-target and look-alike rates of (baseline, vst) episode pairs, each with McNemar."""
+    base, vst = [b for b, _ in pairs], [v for _, v in pairs]
+    out = {"success": _paired([v["success"] for v in vst], [b["success"] for b in base])}
+    out["picked"] = out["lookalike"] = None
+    if all(
+        "picked" in e for e in (*base, *vst)
+    ):  # the spatial choice on its own: lifted the instructed object
+        out["picked"] = _paired(
+            [v["picked"] == "target" for v in vst], [b["picked"] == "target" for b in base]
+        )
+    if all("picked_lookalike" in e for e in (*base, *vst)):  # ... and the confusion the words should prevent
+        out["lookalike"] = _paired(
+            [v["picked_lookalike"] for v in vst], [b["picked_lookalike"] for b in base]
+        )
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "values": values}
+
+
+def write_report(out: Path, labels: list[str], done: dict, seeds: int = 1) -> dict:
+    """Paired comparison of the two VLAs (McNemar on identical starts), every policy's success, bench scores.
+
+    With several training seeds the headline pools every (seed, start) pair, and `per_seed` / `across_seeds`
+    show how much the difference moves from one training run to the next."""
     ev = out / "eval"
     summaries = {label: json.loads((ev / label / "summary.json").read_text()) for label in labels}
-    base, vst = (
-        _episodes(ev / "baseline-VLA" / "episodes.jsonl"),
-        _episodes(ev / "vst-VLA" / "episodes.jsonl"),
-    )
-    keys = sorted(base.keys() & vst.keys())
-    if len(keys) != len(base) or len(keys) != len(vst):
-        raise ValueError(
-            "the two VLAs were not evaluated on the same (task, seed) pairs: the comparison is not paired"
+    pairs, per_seed = [], []
+    for i in range(seeds):
+        base = _episodes(ev / f"baseline-VLA{seed_suffix(i)}" / "episodes.jsonl")
+        vst = _episodes(ev / f"vst-VLA{seed_suffix(i)}" / "episodes.jsonl")
+        keys = sorted(base.keys() & vst.keys())
+        if len(keys) != len(base) or len(keys) != len(vst):
+            raise ValueError(
+                "the two VLAs were not evaluated on the same (task, seed) pairs: the comparison is not paired"
+            )
+        seed_pairs = [(k, base[k], vst[k]) for k in keys]
+        pairs += seed_pairs
+        per_seed.append({"seed_index": i, **_comparison([(b, v) for _, b, v in seed_pairs])})
+    pooled = _comparison([(b, v) for _, b, v in pairs])
+    per_task = {
+        task: _paired(
+            [v["success"] for k, _, v in pairs if k[0] == task],
+            [b["success"] for k, b, _ in pairs if k[0] == task],
         )
-    paired = mcnemar([vst[k]["success"] for k in keys], [base[k]["success"] for k in keys])
-    diff = (sum(vst[k]["success"] for k in keys) - sum(base[k]["success"] for k in keys)) / len(keys)
-    per_task = {}
-    for task in sorted({t for t, _ in keys}):
-        tk = [k for k in keys if k[0] == task]
-        per_task[task] = _paired([vst[k]["success"] for k in tk], [base[k]["success"] for k in tk])
-    # The spatial choice on its own: did each policy lift the instructed object first (same starts, paired).
-    picked = lookalike = None
-    if all("picked" in e for e in (*base.values(), *vst.values())):
-        picked = _paired(
-            [vst[k]["picked"] == "target" for k in keys], [base[k]["picked"] == "target" for k in keys]
-        )
-    # ... and the confusion the words should prevent: lifting the target's look-alike first
-    if all("picked_lookalike" in e for e in (*base.values(), *vst.values())):
-        lookalike = _paired(
-            [vst[k]["picked_lookalike"] for k in keys], [base[k]["picked_lookalike"] for k in keys]
-        )
+        for task in sorted({k[0] for k, _, _ in pairs})
+    }
+    across = None
+    if seeds > 1:
+        across = {
+            key: _spread([s[key]["vst_minus_baseline"] for s in per_seed])
+            for key in ("success", "picked", "lookalike")
+            if all(s[key] for s in per_seed)
+        }
+    diff, paired = pooled["success"]["vst_minus_baseline"], pooled["success"]["mcnemar"]
+    picked, lookalike = pooled["picked"], pooled["lookalike"]
     bench = {}
     for name in STAGES:
         path = out / "bench" / name / "results.json"
         bench[name] = json.loads(path.read_text()) if path.exists() else None
     report = {
-        "paired": {"episodes": len(keys), "vst_minus_baseline": diff, "mcnemar_vst_vs_baseline": paired},
+        "paired": {"episodes": len(pairs), "vst_minus_baseline": diff, "mcnemar_vst_vs_baseline": paired},
         "picked_target_paired": picked,
         "picked_lookalike_paired": lookalike,
         "per_task": per_task,
+        "seeds": seeds,
+        "per_seed": per_seed,
+        "across_seeds": across,
         "policies": {k: {"overall": s["overall"], "tasks": s["tasks"]} for k, s in summaries.items()},
         "bench": bench,
         "commands": {k: v["command"] for k, v in done.items()},
@@ -437,6 +480,32 @@ def _bench_overall(res: dict | None, split: str) -> str:
     return f"{val:.1f}" if isinstance(val, int | float) else "-"
 
 
+def _seed_lines(report: dict) -> list[str]:
+    """One row per VLA training seed, then the spread of the per-seed differences: the training-run noise."""
+    lines = [
+        "",
+        f"Pooled over {report['seeds']} VLA training seeds per backbone (seed i pairs baseline and VST trainings "
+        "with the same seed); per seed:",
+        "",
+        "| seed | success baseline / VST (p) | instructed first baseline / VST (p) | look-alike first baseline / VST (p) |",
+        "|---|---|---|---|",
+    ]
+
+    def cell(c: dict | None) -> str:
+        return f"{_pct(c['baseline'])} / {_pct(c['vst'])} ({c['mcnemar']['p_value']:.2g})" if c else "-"
+
+    for s in report["per_seed"]:
+        lines.append(
+            f"| {s['seed_index']} | {cell(s['success'])} | {cell(s['picked'])} | {cell(s['lookalike'])} |"
+        )
+    for key, spread in (report.get("across_seeds") or {}).items():
+        lines.append(
+            f"\nVST - baseline, {key}, across seeds: {100 * spread['mean']:+.1f} +- {100 * spread['std']:.1f} "
+            f"points (mean +- std of {len(spread['values'])} training seeds)."
+        )
+    return lines
+
+
 def _markdown(report: dict, summaries: dict) -> str:
     p = report["paired"]
     m = p["mcnemar_vst_vs_baseline"]
@@ -459,6 +528,8 @@ def _markdown(report: dict, summaries: dict) -> str:
             f"Lifted the target's look-alike first (the wrong one of two identical objects): baseline "
             f"{_pct(lk['baseline'])}, VST {_pct(lk['vst'])}, McNemar p = {lk['mcnemar']['p_value']:.3g}."
         )
+    if report.get("seeds", 1) > 1:
+        lines += _seed_lines(report)
     lines += [
         "",
         "| policy | success | 95% CI (Wilson) | episodes |",

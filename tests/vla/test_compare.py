@@ -76,6 +76,27 @@ def test_report_pairs_the_spatial_choice(tmp_path):
     assert (tmp_path / "picked.png").exists()
 
 
+def test_several_training_seeds_pool_the_pairs_and_show_the_spread(tmp_path):
+    keys = [("a", s) for s in range(10)]
+    _eval_dir(tmp_path, "baseline-VLA", {k: k[1] < 2 for k in keys})
+    _eval_dir(tmp_path, "vst-VLA", {k: k[1] < 6 for k in keys})  # seed 0: +40 points
+    _eval_dir(tmp_path, "baseline-VLA-seed1", {k: k[1] < 3 for k in keys})
+    _eval_dir(tmp_path, "vst-VLA-seed1", {k: k[1] < 3 for k in keys})  # seed 1: +0
+    labels = ["baseline-VLA", "vst-VLA", "baseline-VLA-seed1", "vst-VLA-seed1"]
+    r = write_report(tmp_path, labels, {}, seeds=2)
+    assert r["paired"]["episodes"] == 20 and r["paired"]["vst_minus_baseline"] == pytest.approx(4 / 20)
+    assert r["paired"]["mcnemar_vst_vs_baseline"]["a_only"] == 4
+    assert [s["success"]["vst_minus_baseline"] for s in r["per_seed"]] == [pytest.approx(0.4), 0.0]
+    spread = r["across_seeds"]["success"]
+    assert spread["mean"] == pytest.approx(0.2) and spread["std"] == pytest.approx(0.4 / 2**0.5)
+    assert "picked" not in r["across_seeds"]  # episodes without the spatial choice
+    md = (tmp_path / "report.md").read_text()
+    assert "Pooled over 2 VLA training seeds" in md and "| 1 | 30.0% / 30.0% (1) |" in md
+    assert "+20.0 +- 28.3 points" in md
+    with pytest.raises(FileNotFoundError):  # a third seed that was never evaluated
+        write_report(tmp_path, labels, {}, seeds=3)
+
+
 def test_report_refuses_unpaired_evaluations(tmp_path):
     _eval_dir(tmp_path, "baseline-VLA", {("a", 1): True, ("a", 2): False})
     _eval_dir(tmp_path, "vst-VLA", {("a", 1): True, ("a", 3): False})
@@ -171,6 +192,29 @@ def test_vst_stage_picks_the_vst_vla_backbone(tmp_path, caplog):
     bench = next(r.message for r in caplog.records if r.message.startswith("step bench_vst:"))
     assert f"model={tmp_path}/backbones/rl/model" in bench  # the benchmark rows keep their stage names
     with pytest.raises(ValueError, match="vst_stage"):
+        run_chain(bad)
+
+
+def test_vla_seeds_plan_paired_trainings_per_backbone(tmp_path, caplog):
+    from hydra import compose, initialize_config_dir
+
+    from vla.compare import run_chain
+
+    configs = str(Path(__file__).parents[2] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose(
+            "vla_compare", [f"output_dir={tmp_path}", "dry_run=true", "vla.seeds=2", "act.enabled=false"]
+        )
+        bad = compose("vla_compare", [f"output_dir={tmp_path}", "dry_run=true", "vla.seeds=0"])
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(cfg)
+    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
+    assert "seed=1000" in steps["step vla_vst"] and f"output_dir={tmp_path}/vla/vst" in steps["step vla_vst"]
+    for name in ("vst", "baseline"):
+        assert "seed=1001" in steps[f"step vla_{name}-seed1"]
+        assert f"{tmp_path}/vla/{name}-seed1/train" in steps[f"step eval_{name}-VLA-seed1"]
+    assert not any("seed2" in k for k in steps)
+    with pytest.raises(ValueError, match="vla.seeds"):
         run_chain(bad)
 
 
