@@ -169,7 +169,12 @@ def run_chain(cfg: DictConfig) -> dict:
     steps.run(
         "data_train",
         _cmd(
-            "vst-data", f"n={d.n}", f"seed={cfg.seed}", f"workers={d.workers}", f"output_dir={data / 'train'}"
+            "vst-data",
+            f"n={d.n}",
+            f"seed={cfg.seed}",
+            f"workers={d.workers}",
+            *d.get("train_overrides", []),
+            f"output_dir={data / 'train'}",
         ),
     )
     steps.run(

@@ -214,6 +214,9 @@ def test_vla_seeds_plan_paired_trainings_per_backbone(tmp_path, caplog):
         assert "seed=1001" in steps[f"step vla_{name}-seed1"]
         assert f"{tmp_path}/vla/{name}-seed1/train" in steps[f"step eval_{name}-VLA-seed1"]
     assert not any("seed2" in k for k in steps)
+    assert steps["step data_train"].endswith(
+        f"workers=2 output_dir={tmp_path}/data/train"
+    )  # no extra overrides
     with pytest.raises(ValueError, match="vla.seeds"):
         run_chain(bad)
 
