@@ -378,13 +378,13 @@ def _comparison(pairs: list[tuple[dict, dict]]) -> dict:
     base, vst = [b for b, _ in pairs], [v for _, v in pairs]
     out = {"success": _paired([v["success"] for v in vst], [b["success"] for b in base])}
     out["picked"] = out["lookalike"] = None
-    if all(
-        "picked" in e for e in (*base, *vst)
-    ):  # the spatial choice on its own: lifted the instructed object
+    # the spatial choice on its own (lifted the instructed object first), and the confusion the words should
+    # prevent (lifted its look-alike first)
+    if all("picked" in e for e in (*base, *vst)):
         out["picked"] = _paired(
             [v["picked"] == "target" for v in vst], [b["picked"] == "target" for b in base]
         )
-    if all("picked_lookalike" in e for e in (*base, *vst)):  # ... and the confusion the words should prevent
+    if all("picked_lookalike" in e for e in (*base, *vst)):
         out["lookalike"] = _paired(
             [v["picked_lookalike"] for v in vst], [b["picked_lookalike"] for b in base]
         )
