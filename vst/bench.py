@@ -358,8 +358,14 @@ def run_bench(cfg: BenchConfig) -> dict:
                     f"{out} holds results with {key}={was}, not {key}={getattr(cfg, key)}; "
                     "use another output_dir"
                 )
-    run = {"model": cfg.model, "checkpoint": checkpoint, "data": cfg.data, "think": cfg.think}
-    run_file.write_text(json.dumps({**run, "max_new_tokens": cfg.max_new_tokens}, indent=2))
+    run = {
+        "model": cfg.model,
+        "checkpoint": checkpoint,
+        "data": cfg.data,
+        "think": cfg.think,
+        "max_new_tokens": cfg.max_new_tokens,
+    }
+    run_file.write_text(json.dumps(run, indent=2))
 
     data = cfg.data or str(
         bench_data_from_engine(Path(cfg.bench_data_dir), cfg.bench_per_skill, cfg.bench_seed, cfg.splits)

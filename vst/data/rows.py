@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the contract stays importable without the renderer and skil
 
 GENERATOR_VERSION = "vst-sim-1.1"  # 1.1: CoT rows carry THINK_INSTRUCTION
 ROW_TYPES = ("perception", "spatial_thought", "general_thought", "rl", "general")
+THOUGHT_ROWS = ("spatial_thought", "general_thought")  # the CoT rows: the answer is a trace, then the answer
 FAMILIES = ("single_image", "multi_image", "video", "general")
 ANSWER_MODES = ("choice", "numeric", "text", "boxes3d")
 UNITS = ("m", "cm", "m2", None)
@@ -78,7 +79,7 @@ def human_turn(question: str, n_images: int, video: bool) -> str:
 
 
 def gpt_turn(qa: "QA", row_type: str) -> str:
-    if row_type in ("spatial_thought", "general_thought"):
+    if row_type in THOUGHT_ROWS:
         if not qa.think:
             raise ValueError("a CoT row needs a reasoning trace")
         return f"<think>\n{qa.think}\n</think>\n{qa.answer}"
@@ -113,7 +114,7 @@ def make_row(qa: "QA", images: list[bytes], image_ext: str, *, row_type: str, vi
         raise ValueError(f"row type {row_type!r} not in {ROW_TYPES}")
     meta = meta_info(qa, **meta_kw, video=video, n_images=len(images))
     row_id = f"vstsim-{meta['split']}-{meta['seed']:016x}"
-    thinks = row_type in ("rl", "spatial_thought", "general_thought")
+    thinks = row_type == "rl" or row_type in THOUGHT_ROWS
     question = qa.question + (f"\n{THINK_INSTRUCTION}" if thinks else "")
     return {
         "id": row_id,
