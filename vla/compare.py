@@ -344,6 +344,7 @@ def run_chain(cfg: DictConfig) -> dict:
                     f"videos={cfg.eval.videos}",
                     f"image_size={cfg.demos.image_size}",
                     f"init_states={cfg.eval.init_states}",
+                    *([f"max_steps={cfg.eval.max_steps}"] if cfg.eval.get("max_steps") else []),
                     f"output_dir={ev / label}",
                 ),
                 None,

@@ -214,6 +214,9 @@ def test_vla_seeds_plan_paired_trainings_per_backbone(tmp_path, caplog):
         assert "seed=1001" in steps[f"step vla_{name}-seed1"]
         assert f"{tmp_path}/vla/{name}-seed1/train" in steps[f"step eval_{name}-VLA-seed1"]
     assert not any("seed2" in k for k in steps)
+    assert (
+        "max_steps" not in steps["step eval_vst-VLA"]
+    )  # each task's own budget unless eval.max_steps is set
     assert steps["step data_train"].endswith(
         f"workers=2 output_dir={tmp_path}/data/train"
     )  # no extra overrides
@@ -246,4 +249,15 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
     assert "think=true" not in steps["step bench_vst"]
     assert "episodes=50" in steps["step eval_vst-VLA"] and "steps=10000" in steps["step vla_vst"]
     assert "max_new_tokens=768" in steps["step bench_sft"]  # room for the longest 3D-box answer
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        longer = compose(
+            "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.max_steps=400"]
+        )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(longer)
+    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
+    assert (
+        "max_steps=400" in steps["step eval_vst-VLA"] and "max_steps=400" in steps["step eval_baseline-VLA"]
+    )
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
