@@ -418,6 +418,7 @@ def write_report(out: Path, labels: list[str], done: dict, seeds: int = 1) -> di
         pairs += seed_pairs
         per_seed.append({"seed_index": i, **_comparison([(b, v) for _, b, v in seed_pairs])})
     pooled = _comparison([(b, v) for _, b, v in pairs])
+    settings = _eval_settings(ev, labels)
     per_task = {
         task: _paired(
             [v["success"] for k, _, v in pairs if k[0] == task],
@@ -443,6 +444,7 @@ def write_report(out: Path, labels: list[str], done: dict, seeds: int = 1) -> di
         "picked_target_paired": picked,
         "picked_lookalike_paired": lookalike,
         "per_task": per_task,
+        "eval_settings": settings,
         "seeds": seeds,
         "per_seed": per_seed,
         "across_seeds": across,
@@ -462,6 +464,19 @@ def write_report(out: Path, labels: list[str], done: dict, seeds: int = 1) -> di
         )
     (out / "report.md").write_text(_markdown(report, summaries))
     return report
+
+
+def _eval_settings(ev: Path, labels: list[str]) -> dict:
+    """The evaluation settings every policy shared (episode budget, chunk execution, initial states): a comparison
+    of policies given different budgets is not a comparison, so differing settings are refused."""
+    configs = {}
+    for label in labels:
+        path = ev / label / "eval_config.json"
+        if path.exists():
+            configs[label] = {k: v for k, v in json.loads(path.read_text()).items() if k != "policy"}
+    if len({json.dumps(c, sort_keys=True) for c in configs.values()}) > 1:
+        raise ValueError(f"the policies were evaluated with different settings, not comparable: {configs}")
+    return next(iter(configs.values()), {})
 
 
 def _picking_series(summary: dict) -> dict:
@@ -534,6 +549,12 @@ def _markdown(report: dict, summaries: dict) -> str:
             f"Lifted the target's look-alike first (the wrong one of two identical objects): baseline "
             f"{_pct(lk['baseline'])}, VST {_pct(lk['vst'])}, McNemar p = {lk['mcnemar']['p_value']:.3g}."
         )
+    budget = report.get("eval_settings", {}).get("max_steps")
+    lines.append(
+        f"Episode budget: {budget} steps per episode for every policy (`eval.max_steps`)."
+        if budget
+        else "Episode budget: each task's own (`eval.max_steps` unset)."
+    )
     if report.get("seeds", 1) > 1:
         lines += _seed_lines(report)
     lines += [

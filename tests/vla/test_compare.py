@@ -97,6 +97,26 @@ def test_several_training_seeds_pool_the_pairs_and_show_the_spread(tmp_path):
         write_report(tmp_path, labels, {}, seeds=3)
 
 
+def test_report_records_the_shared_episode_budget_and_refuses_different_ones(tmp_path):
+    outcomes = {("a", s): s % 2 == 0 for s in range(6)}
+    for label, budget in (("baseline-VLA", 400), ("vst-VLA", 400)):
+        _eval_dir(tmp_path, label, outcomes)
+        config = {
+            "policy": f"/ckpt/{label}",
+            "init_states": "v1",
+            "max_steps": budget,
+            "n_action_steps": None,
+        }
+        (tmp_path / "eval" / label / "eval_config.json").write_text(json.dumps(config))
+    r = write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
+    assert r["eval_settings"]["max_steps"] == 400 and "policy" not in r["eval_settings"]
+    assert "400 steps per episode" in (tmp_path / "report.md").read_text()
+    config["max_steps"] = 220
+    (tmp_path / "eval" / "vst-VLA" / "eval_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="different settings"):
+        write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
+
+
 def test_report_refuses_unpaired_evaluations(tmp_path):
     _eval_dir(tmp_path, "baseline-VLA", {("a", 1): True, ("a", 2): False})
     _eval_dir(tmp_path, "vst-VLA", {("a", 1): True, ("a", 3): False})
