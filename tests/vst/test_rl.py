@@ -253,7 +253,8 @@ def test_accelerate_two_processes(data, cache, tmp_path, free_port):
         f"with initialize_config_dir(config_dir={CONFIGS!r}, version_base='1.3'):\n"
         "    cfg = compose('vst_train', sys.argv[1:])\n"
         "s = vst.rl.train(cfg)\n"
-        "print('SUMMARY', s['main_process'], s['steps'])\n"
+        # one write per process: two prints can interleave on the shared pipe ("SUMMARYSUMMARY True 2")
+        "sys.stdout.write(f\"SUMMARY {s['main_process']} {s['steps']}\\n\"); sys.stdout.flush()\n"
     )
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
