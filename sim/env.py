@@ -75,6 +75,10 @@ class SimEnv(gym.Env):
         render_mode: str = "rgb_array",
         physics_dt: float | None = None,
     ):
+        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(
+                f"max_steps={max_steps!r}: the episode budget must be a positive number of steps"
+            )
         self.image_size = image_size
         self.render_size = render_size or image_size
         self.render_mode = render_mode

@@ -151,6 +151,11 @@ def run_chain(cfg: DictConfig) -> dict:
         raise ValueError(
             f"vst_stage must be sft, cot or rl (the stage the VST-VLA starts from), got {cfg.vst_stage!r}"
         )
+    budget = cfg.eval.get("max_steps")
+    if budget is not None and (not isinstance(budget, int) or budget < 1):
+        raise ValueError(
+            f"eval.max_steps={budget!r}: a positive number of steps per episode, or null (the task's)"
+        )
     n_seeds = int(cfg.vla.seeds)
     if n_seeds < 1:
         raise ValueError(f"vla.seeds must be >= 1 (VLA trainings per backbone), got {cfg.vla.seeds}")
@@ -344,7 +349,7 @@ def run_chain(cfg: DictConfig) -> dict:
                     f"videos={cfg.eval.videos}",
                     f"image_size={cfg.demos.image_size}",
                     f"init_states={cfg.eval.init_states}",
-                    *([f"max_steps={cfg.eval.max_steps}"] if cfg.eval.get("max_steps") else []),
+                    *([f"max_steps={budget}"] if budget else []),
                     f"output_dir={ev / label}",
                 ),
                 None,

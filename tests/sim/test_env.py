@@ -170,3 +170,8 @@ def test_lerobot_env_config_makes_vector_envs():
         assert venv.call("task_description")[0] == "lift the red cube"
     finally:
         venv.close()
+
+
+def test_a_non_positive_episode_budget_is_refused():
+    with pytest.raises(ValueError, match="max_steps=0"):
+        SimEnv("pick_left_of_bowl", image_size=32, max_steps=0)

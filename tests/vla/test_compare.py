@@ -282,4 +282,10 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
     assert (
         "max_steps=400" in steps["step eval_vst-VLA"] and "max_steps=400" in steps["step eval_baseline-VLA"]
     )
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        bad = compose(
+            "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.max_steps=0"]
+        )
+    with pytest.raises(ValueError, match="eval.max_steps"):
+        run_chain(bad)
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
