@@ -1,8 +1,8 @@
 """The VST pipeline's result: every stage's checkpoint on the held-out benchmark, side by side, plus the curves.
 
 Reads what `vla-compare` (or the same commands by hand) left in one directory: `bench/<stage>/results.json`
-(vst-bench), `backbones/<stage>/metrics.jsonl` (vst-train) and `data/rl/manifest.json` (which skills RL trained);
-writes `backbones.json`, `backbones.md`, `backbones.png` (per-skill scores) and `curves.png` (training curves).
+(vst-bench), `backbones/<stage>/metrics.jsonl` (vst-train), `data/rl/manifest.json` (which skills RL trained) and
+`steps.json` (vla-compare's step times, for the pipeline's compute budget); writes `backbones.json`, `backbones.md`, `backbones.png` (per-skill scores) and `curves.png` (training curves).
 """
 
 import json
@@ -61,6 +61,33 @@ def backbone_table(out: Path) -> dict:
     return table
 
 
+# the pipeline's steps in vla-compare's steps.json, grouped as the compute budget is reported
+TIME_GROUPS = {
+    "data": "data_",
+    "pretrain": "train_pretrain",
+    "sft": "train_sft",
+    "cot": "train_cot",
+    "rl": "train_rl",
+    "bench": "bench_",
+}
+
+
+def pipeline_minutes(out: Path) -> dict | None:
+    """Wall-clock minutes per pipeline stage and in all, from steps.json (None without one).
+
+    A step that was interrupted and resumed counts only its last attempt."""
+    path = out / "steps.json"
+    if not path.exists():
+        return None
+    steps = json.loads(path.read_text())
+    minutes = {
+        group: round(sum(v["seconds"] for k, v in steps.items() if k.startswith(prefix)) / 60, 1)
+        for group, prefix in TIME_GROUPS.items()
+    }
+    minutes["total"] = round(sum(minutes.values()), 1)
+    return minutes
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -92,6 +119,16 @@ def markdown(table: dict) -> str:
         f"- VST - baseline, spatial: {_fmt(d['vst_minus_baseline_spatial'])} points",
         f"- VST - baseline, general: {_fmt(d['vst_minus_baseline_general'])} points (target within 2)",
         "",
+    ]
+    if table.get("minutes"):
+        m = table["minutes"]
+        lines += [
+            "Wall-clock minutes (steps.json; a resumed step counts its last attempt only): "
+            + ", ".join(f"{k} {v}" for k, v in m.items() if k != "total")
+            + f"; **total {m['total']}** (target < 90).",
+            "",
+        ]
+    lines += [
         "![per-skill scores](backbones.png)",
         "",
         "![training curves](curves.png)",
@@ -152,6 +189,7 @@ def curves(out: Path, path: Path) -> None:
 
 def write_backbone_report(out: Path) -> dict:
     table = backbone_table(out)
+    table["minutes"] = pipeline_minutes(out)
     (out / "backbones.json").write_text(json.dumps(table, indent=2))
     (out / "backbones.md").write_text(markdown(table))
     chart(table, out / "backbones.png")

@@ -67,3 +67,34 @@ def test_missing_stages_leave_gaps_and_no_results_is_an_error(tmp_path):
     _bench(tmp_path, "baseline", {"distance": 10.0}, {"general_color": 50.0})
     table = backbone_table(tmp_path)
     assert table["deltas"]["sft_minus_baseline_spatial"] is None
+
+
+def test_report_sums_the_pipeline_steps_time_and_ignores_the_robot_steps(tmp_path):
+    _bench(tmp_path, "baseline", {"distance": 10.0}, {"general_color": 50.0})
+    steps = {
+        "data_train": 90.0,
+        "data_bench": 30.0,
+        "train_pretrain": 600.0,
+        "train_sft": 1200.0,
+        "train_cot": 300.0,
+        "train_rl": 240.0,
+        "bench_baseline": 60.0,
+        "bench_vst_think": 120.0,
+        "demos": 300.0,  # robot steps: not the pipeline's budget
+        "vla_vst": 3000.0,
+    }
+    (tmp_path / "steps.json").write_text(
+        json.dumps({k: {"command": "x", "seconds": v} for k, v in steps.items()})
+    )
+    table = write_backbone_report(tmp_path)
+    assert table["minutes"] == {
+        "data": 2.0,
+        "pretrain": 10.0,
+        "sft": 20.0,
+        "cot": 5.0,
+        "rl": 4.0,
+        "bench": 3.0,
+        "total": 44.0,
+    }
+    assert "**total 44.0** (target < 90)" in (tmp_path / "backbones.md").read_text()
+    assert json.loads((tmp_path / "backbones.json").read_text())["minutes"]["total"] == 44.0
