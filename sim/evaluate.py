@@ -35,7 +35,7 @@ from sim.video import write_mp4
 log = logging.getLogger(__name__)
 
 # Settings that change what an episode means: a resumed run must match them.
-_IDENTITY_KEYS = ("policy", "image_size", "init_states", "max_steps", "n_action_steps")
+_IDENTITY_KEYS = ("policy", "image_size", "init_states", "max_steps", "n_action_steps", "temporal_ensemble")
 
 
 def make_vector_env(task: str, workers: int, image_size: int, expert: bool, max_steps: int | None):
@@ -125,7 +125,11 @@ def evaluate(cfg: DictConfig) -> dict:
         # slower than one thread (measured ~40x for the tiny VLA on 2 cores).
         torch.set_num_threads(cfg.cpu_threads)
     policy, pre, post = load_policy(
-        str(cfg.policy), device=device, seed=cfg.seed, n_action_steps=cfg.n_action_steps
+        str(cfg.policy),
+        device=device,
+        seed=cfg.seed,
+        n_action_steps=cfg.n_action_steps,
+        temporal_ensemble=cfg.get("temporal_ensemble"),
     )
 
     episodes_path = out / "episodes.jsonl"

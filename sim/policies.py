@@ -62,11 +62,19 @@ def check_policy_spec(spec: str) -> None:
         )
 
 
-def load_policy(spec: str, device: str = "cpu", seed: int = 0, n_action_steps: int | None = None):
+def load_policy(
+    spec: str,
+    device: str = "cpu",
+    seed: int = 0,
+    n_action_steps: int | None = None,
+    temporal_ensemble: float | None = None,
+):
     """'expert' | 'random' | path to a LeRobot `pretrained_model` dir -> (policy, preprocessor, postprocessor).
 
     `n_action_steps` executes only the first N actions of each predicted chunk before predicting again
-    (receding horizon): more reactive, N times the calls; the checkpoint's own value when None."""
+    (receding horizon): more reactive, N times the calls; the checkpoint's own value when None.
+    `temporal_ensemble` (a coefficient) predicts at every step and executes the weighted mean of all predictions
+    for that step (ACT's temporal ensembling; the VLA and ACT both have it)."""
     if spec == "expert":
         return ExpertPolicy(), _identity, _identity
     if spec == "random":
@@ -93,6 +101,16 @@ def load_policy(spec: str, device: str = "cpu", seed: int = 0, n_action_steps: i
         if not 1 <= n_action_steps <= chunk:
             raise ValueError(f"n_action_steps={n_action_steps} must lie in 1..chunk_size ({chunk}) of {path}")
         cfg.n_action_steps = n_action_steps
+    if temporal_ensemble is not None:
+        if not hasattr(cfg, "temporal_ensemble_coeff"):
+            raise ValueError(
+                f"temporal_ensemble={temporal_ensemble}: the {cfg.type} policy has no temporal ensembling"
+            )
+        if n_action_steps not in (None, 1):
+            raise ValueError(
+                f"temporal_ensemble predicts at every step: n_action_steps must be 1 or unset, got {n_action_steps}"
+            )
+        cfg.temporal_ensemble_coeff, cfg.n_action_steps = float(temporal_ensemble), 1
     policy = get_policy_class(cfg.type).from_pretrained(path, config=cfg)
     policy.to(device).eval()
     pre, post = make_pre_post_processors(

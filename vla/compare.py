@@ -478,7 +478,9 @@ def _eval_settings(ev: Path, labels: list[str]) -> dict:
     for label in labels:
         path = ev / label / "eval_config.json"
         if path.exists():
-            configs[label] = {k: v for k, v in json.loads(path.read_text()).items() if k != "policy"}
+            # a setting left at its default (None) equals one an older sim-eval did not record yet
+            saved = json.loads(path.read_text()).items()
+            configs[label] = {k: v for k, v in saved if k != "policy" and v is not None}
     if len({json.dumps(c, sort_keys=True) for c in configs.values()}) > 1:
         raise ValueError(f"the policies were evaluated with different settings, not comparable: {configs}")
     return next(iter(configs.values()), {})

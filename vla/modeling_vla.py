@@ -362,6 +362,11 @@ class VLAPolicy(PreTrainedPolicy):
 
     def reset(self) -> None:
         self._queue: deque[Tensor] = deque()
+        self._ensemble = (
+            None
+            if self.config.temporal_ensemble_coeff is None
+            else TemporalEnsemble(self.config.temporal_ensemble_coeff)
+        )
 
     @property
     def num_target_tokens(self) -> int:
@@ -395,10 +400,48 @@ class VLAPolicy(PreTrainedPolicy):
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        if self._ensemble is not None:
+            return self._ensemble.update(self.predict_action_chunk(batch))
         if not self._queue:
             chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
             self._queue.extend(chunk.transpose(0, 1))
         return self._queue.popleft()
+
+
+class TemporalEnsemble:
+    """ACT's temporal ensembling, kept as running means: position j of `mean` is the weighted mean of every chunk
+    predicted so far for the step j ahead, `count[j]` how many there were (weights exp(-coeff * i), i = 0 the
+    oldest prediction, so older predictions count more for coeff > 0)."""
+
+    def __init__(self, coeff: float):
+        self.coeff = coeff
+        self.mean: Tensor | None = None  # (B, K, D)
+        self.count: Tensor | None = None  # (K,)
+        self.weight_sum: Tensor | None = None  # (K,)
+
+    def update(self, chunk: Tensor) -> Tensor:
+        """Fold in the chunk predicted at this step (B, K, D); return this step's action (B, D)."""
+        k = chunk.shape[1]
+        if self.mean is None:
+            self.mean, self.count = chunk.clone(), torch.ones(k, device=chunk.device)
+            self.weight_sum = torch.ones(k, device=chunk.device)
+        else:
+            if chunk.shape[0] != self.mean.shape[0] or k != self.mean.shape[1] + 1:
+                raise ValueError(
+                    f"temporal ensemble: chunk of shape {tuple(chunk.shape)} after chunks of "
+                    f"{self.mean.shape[0]} x {self.mean.shape[1] + 1}: call reset() between episodes"
+                )
+            w = torch.exp(-self.coeff * self.count)[None, :, None]  # the new prediction's weight per position
+            old = self.mean * self.weight_sum[None, :, None]
+            self.mean = (old + w * chunk[:, :-1]) / (self.weight_sum[None, :, None] + w)
+            self.weight_sum = self.weight_sum + w[0, :, 0]
+            self.count = self.count + 1
+            self.mean = torch.cat([self.mean, chunk[:, -1:]], dim=1)
+            self.count = torch.cat([self.count, self.count.new_ones(1)])
+            self.weight_sum = torch.cat([self.weight_sum, self.weight_sum.new_ones(1)])
+        action = self.mean[:, 0]
+        self.mean, self.count, self.weight_sum = self.mean[:, 1:], self.count[1:], self.weight_sum[1:]
+        return action
 
 
 def check_checkpoint(path: str | Path) -> None:

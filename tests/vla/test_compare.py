@@ -111,6 +111,14 @@ def test_report_records_the_shared_episode_budget_and_refuses_different_ones(tmp
     r = write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
     assert r["eval_settings"]["max_steps"] == 400 and "policy" not in r["eval_settings"]
     assert "400 steps per episode" in (tmp_path / "report.md").read_text()
+    # a newer sim-eval records a setting an older one did not: left at its default, still the same settings
+    newer = {**config, "temporal_ensemble": None}
+    (tmp_path / "eval" / "vst-VLA" / "eval_config.json").write_text(json.dumps(newer))
+    assert write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})["eval_settings"]["max_steps"] == 400
+    newer["temporal_ensemble"] = 0.01
+    (tmp_path / "eval" / "vst-VLA" / "eval_config.json").write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match="different settings"):
+        write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
     config["max_steps"] = 220
     (tmp_path / "eval" / "vst-VLA" / "eval_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="different settings"):

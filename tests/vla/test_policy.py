@@ -8,9 +8,10 @@ import torch
 from transformers import LogitsProcessorList
 
 from vla.action_tokenizer import MissingStatsError
+from vla.configuration_vla import VLAConfig
 from vla.decoding import ActionTokenLogitsProcessor
 from vla.inference import decode_actions, decode_uncached
-from vla.modeling_vla import VLAPolicy
+from vla.modeling_vla import TemporalEnsemble, VLAPolicy
 from vla.processor_vla import make_vla_pre_post_processors
 
 
@@ -414,3 +415,50 @@ def test_training_with_soft_bin_targets_reduces_the_loss(vla):
     losses, _ = _train(policy, batch, steps=8)
     # the soft target's own entropy (~2.1 nats at sigma 2) is the floor, so compare the drop, not a ratio
     assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_temporal_ensemble_is_the_weighted_mean_of_every_prediction_for_the_step():
+    """Against the definition: at step t, every chunk c_s predicted at s in (t-K, t] proposes c_s[t - s]; the
+    action is their mean with weights exp(-coeff * i), i = 0 for the oldest."""
+    gen = torch.Generator().manual_seed(0)
+    coeff, k = 0.3, 4
+    chunks = [torch.randn(2, k, 3, generator=gen) for _ in range(9)]
+    ens = TemporalEnsemble(coeff)
+    for t, chunk in enumerate(chunks):
+        got = ens.update(chunk)
+        proposals = [chunks[s][:, t - s] for s in range(max(0, t - k + 1), t + 1)]  # oldest first
+        w = torch.exp(-coeff * torch.arange(len(proposals), dtype=torch.float32))
+        want = sum(wi * p for wi, p in zip(w, proposals)) / w.sum()
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="reset"):
+        ens.update(torch.zeros(3, k, 3))  # another batch of envs without a reset
+
+
+def test_temporal_ensemble_needs_one_action_per_call():
+    with pytest.raises(ValueError, match="n_action_steps=1"):
+        VLAConfig(chunk_size=4, n_action_steps=4, temporal_ensemble_coeff=0.01)
+
+
+def test_eval_with_temporal_ensembling_predicts_every_step(vla, tmp_path):
+    """sim-eval temporal_ensemble=C: a chunk every step. With one observation every call predicts the same chunk c,
+    so step t mixes c[t] (predicted at 0, the oldest), c[t-1], ..., c[0] (predicted now)."""
+    from sim.policies import load_policy
+
+    policy, pre, post = vla.policy()
+    saved = vla.save(policy, pre, post, tmp_path / "ckpt")
+    loaded, pre2, _ = load_policy(str(saved), device="cpu", temporal_ensemble=0.01)
+    assert loaded.config.n_action_steps == 1 and loaded.config.temporal_ensemble_coeff == 0.01
+    batch = pre2(_raw_batch(vla))
+    chunk = loaded.predict_action_chunk(batch)
+    calls = []
+    predict = loaded.predict_action_chunk
+    loaded.predict_action_chunk = lambda b: calls.append(1) or predict(b)
+    loaded.reset()
+    actions = [loaded.select_action(batch) for _ in range(3)]
+    assert len(calls) == 3
+    for t, action in enumerate(actions):
+        w = torch.exp(-0.01 * torch.arange(t + 1, dtype=torch.float32))
+        torch.testing.assert_close(action, sum(w[i] * chunk[:, t - i] for i in range(t + 1)) / w.sum())
+    assert not torch.allclose(actions[1], chunk[:, 1])  # the chunks' steps disagree: it is a mix
+    with pytest.raises(ValueError, match="n_action_steps must be 1"):
+        load_policy(str(saved), device="cpu", n_action_steps=2, temporal_ensemble=0.01)
