@@ -162,6 +162,13 @@ def chart(table: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def training_records(out: Path, stage: str) -> list[dict]:
+    """A stage's logged metrics, one record per step: a resumed run logs the steps it replays again (last wins)."""
+    file = out / "backbones" / stage / "metrics.jsonl"
+    recs = [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+    return sorted({r["step"]: r for r in recs}.values(), key=lambda r: r["step"])
+
+
 def curves(out: Path, path: Path) -> None:
     """Loss of the supervised stages and reward/accuracy of RL against the optimizer step."""
     import matplotlib
@@ -171,8 +178,7 @@ def curves(out: Path, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(TRAIN_STAGES), figsize=(4 * len(TRAIN_STAGES), 3.2))
     for ax, stage in zip(axes, TRAIN_STAGES):
-        file = out / "backbones" / stage / "metrics.jsonl"
-        recs = [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+        recs = training_records(out, stage)
         keys = ("reward", "accuracy") if stage == "rl" else ("loss",)
         for key in keys:
             pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None]

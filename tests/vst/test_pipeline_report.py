@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from vst.pipeline_report import backbone_table, write_backbone_report
+from vst.pipeline_report import backbone_table, training_records, write_backbone_report
 
 
 def _bench(root: Path, name: str, spatial: dict[str, float], general: dict[str, float]) -> None:
@@ -98,3 +98,16 @@ def test_report_sums_the_pipeline_steps_time_and_ignores_the_robot_steps(tmp_pat
     }
     assert "**total 44.0** (target < 90)" in (tmp_path / "backbones.md").read_text()
     assert json.loads((tmp_path / "backbones.json").read_text())["minutes"]["total"] == 44.0
+
+
+def test_curves_keep_one_record_per_step_after_a_resume(tmp_path):
+    d = tmp_path / "backbones" / "pretrain"
+    d.mkdir(parents=True)
+    steps = [10, 20, 30, 20, 30, 40]  # interrupted after 30, resumed from the step-10 checkpoint
+    d.joinpath("metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": float(i)}) + "\n" for i, s in enumerate(steps))
+    )
+    recs = training_records(tmp_path, "pretrain")
+    assert [r["step"] for r in recs] == [10, 20, 30, 40]
+    assert [r["loss"] for r in recs] == [0.0, 3.0, 4.0, 5.0]  # the resumed run's values
+    assert training_records(tmp_path, "sft") == []
