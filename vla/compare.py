@@ -156,6 +156,13 @@ def run_chain(cfg: DictConfig) -> dict:
         raise ValueError(
             f"eval.max_steps={budget!r}: a positive number of steps per episode, or null (the task's)"
         )
+    ensemble = cfg.eval.get("temporal_ensemble")
+    if ensemble is not None and (
+        isinstance(ensemble, bool) or not isinstance(ensemble, (int, float)) or ensemble < 0
+    ):
+        raise ValueError(
+            f"eval.temporal_ensemble={ensemble!r}: a coefficient >= 0 (ACT uses 0.01), or null (the action queue)"
+        )
     n_seeds = int(cfg.vla.seeds)
     if n_seeds < 1:
         raise ValueError(f"vla.seeds must be >= 1 (VLA trainings per backbone), got {cfg.vla.seeds}")
@@ -350,6 +357,7 @@ def run_chain(cfg: DictConfig) -> dict:
                     f"image_size={cfg.demos.image_size}",
                     f"init_states={cfg.eval.init_states}",
                     *([f"max_steps={budget}"] if budget else []),
+                    *([f"temporal_ensemble={ensemble}"] if ensemble is not None else []),
                     f"output_dir={ev / label}",
                 ),
                 None,
@@ -562,6 +570,9 @@ def _markdown(report: dict, summaries: dict) -> str:
         if budget
         else "Episode budget: each task's own (`eval.max_steps` unset)."
     )
+    ensemble = report.get("eval_settings", {}).get("temporal_ensemble")
+    if ensemble is not None:
+        lines.append(f"Actions: temporal ensembling, coefficient {ensemble} (`eval.temporal_ensemble`).")
     if report.get("seeds", 1) > 1:
         lines += _seed_lines(report)
     lines += [

@@ -119,6 +119,9 @@ def test_report_records_the_shared_episode_budget_and_refuses_different_ones(tmp
     (tmp_path / "eval" / "vst-VLA" / "eval_config.json").write_text(json.dumps(newer))
     with pytest.raises(ValueError, match="different settings"):
         write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
+    (tmp_path / "eval" / "baseline-VLA" / "eval_config.json").write_text(json.dumps(newer))
+    write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
+    assert "temporal ensembling, coefficient 0.01" in (tmp_path / "report.md").read_text()
     config["max_steps"] = 220
     (tmp_path / "eval" / "vst-VLA" / "eval_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="different settings"):
@@ -295,5 +298,23 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
             "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.max_steps=0"]
         )
     with pytest.raises(ValueError, match="eval.max_steps"):
+        run_chain(bad)
+    assert "temporal_ensemble" not in steps["step eval_vst-VLA"]  # the action queue unless asked
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        smooth = compose(
+            "vla_compare",
+            ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.temporal_ensemble=0.01"],
+        )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(smooth)
+    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
+    assert all("temporal_ensemble=0.01" in steps[f"step eval_{p}-VLA"] for p in ("vst", "baseline"))
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        bad = compose(
+            "vla_compare",
+            ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.temporal_ensemble=-1"],
+        )
+    with pytest.raises(ValueError, match="eval.temporal_ensemble"):
         run_chain(bad)
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
