@@ -129,7 +129,7 @@ def evaluate(cfg: DictConfig) -> dict:
         device=device,
         seed=cfg.seed,
         n_action_steps=cfg.n_action_steps,
-        temporal_ensemble=cfg.get("temporal_ensemble"),
+        temporal_ensemble=cfg.temporal_ensemble,
     )
 
     episodes_path = out / "episodes.jsonl"
