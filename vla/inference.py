@@ -4,8 +4,9 @@ Prompts are left-padded so that every row's next token sits in the last column. 
 3-D rotary positions (images get (t, h, w) grids, text runs on from the largest position so far), computed over
 the unpadded tokens only; each generated token then takes the next text position of its own row: one more than
 the row's largest prompt position (`rope_positions`). Passing these positions explicitly keeps the loop
-independent of the model's cached `rope_deltas` state. `decode_uncached` recomputes everything from scratch
-every step: the reference the cached loop is tested against.
+independent of the model's cached `rope_deltas` state. The output head runs in fp32 even under bf16 autocast
+(bf16 logits tie neighbouring bins). `decode_uncached` recomputes everything from scratch every step: the
+reference the cached loop is tested against.
 """
 
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from vla.decoding import greedy_action_ids
+from vst.cpu_amp import fp32_logits
 
 
 def rope_positions(
@@ -24,6 +26,10 @@ def rope_positions(
         input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
     )
     return positions, positions.amax(dim=(0, 2)) + 1  # padding sits at position 0, below every real one
+
+
+def _last_logits(model, out) -> torch.Tensor:
+    return fp32_logits(model.lm_head, out.last_hidden_state[:, -1])
 
 
 def _pick(logits: torch.Tensor, token_range: range, stop_id: int | None) -> torch.Tensor:
@@ -43,17 +49,16 @@ def decode_actions(
     loop ends once every row has."""
     input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
     positions, next_position = rope_positions(model, input_ids, attention_mask, inputs.get("image_grid_thw"))
-    out = model(
+    out = model.model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions,
         pixel_values=inputs.get("pixel_values"),
         image_grid_thw=inputs.get("image_grid_thw"),
         use_cache=True,
-        logits_to_keep=1,
     )
     cache = out.past_key_values
-    token = _pick(out.logits[:, -1], token_range, stop_id)
+    token = _pick(_last_logits(model, out), token_range, stop_id)
     tokens = [token]
     done = token == stop_id if stop_id is not None else None
     ones = attention_mask.new_ones(attention_mask.shape[0], 1)
@@ -62,7 +67,7 @@ def decode_actions(
             break
         attention_mask = torch.cat([attention_mask, ones], dim=1)
         position = (next_position + step - 1).view(1, -1, 1).expand(3, -1, 1)
-        out = model(
+        out = model.model(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=position,
@@ -70,7 +75,7 @@ def decode_actions(
             use_cache=True,
         )
         cache = out.past_key_values
-        token = _pick(out.logits[:, -1], token_range, stop_id)
+        token = _pick(_last_logits(model, out), token_range, stop_id)
         if done is not None:
             token = torch.where(done, torch.full_like(token, stop_id), token)
             done |= token == stop_id
@@ -88,13 +93,14 @@ def decode_uncached(
     ids, logits = [], []
     for _ in range(num_tokens):
         positions, _ = rope_positions(model, input_ids, attention_mask, inputs.get("image_grid_thw"))
-        step_logits = model(
+        out = model.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
             pixel_values=inputs.get("pixel_values"),
             image_grid_thw=inputs.get("image_grid_thw"),
-        ).logits[:, -1]
+        )
+        step_logits = _last_logits(model, out)
         token = _pick(step_logits, token_range, stop_id)
         ids.append(token)
         logits.append(step_logits)

@@ -30,6 +30,7 @@ from vla.fast_tokenizer import FastActionTokenizer
 from vla.inference import decode_actions, pad_left, pad_right, rope_positions
 from vla.processor_vla import saved_action_stats
 from vla.prompt import PromptEncoder
+from vst.cpu_amp import fp32_attention, fp32_logits
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ class VLAPolicy(PreTrainedPolicy):
                 f"max_length {config.max_length} exceeds the backbone's context of {context} positions"
             )
         self.model = model
+        if config.use_amp and torch.device(config.device or "cpu").type == "cpu":
+            fp32_attention(model)  # CPU flash attention is slow in bf16 (vst/cpu_amp.py)
         self.processor = processor
         self.action_tokenizer = tokenizer
         self.token_range = tokenizer.token_range
@@ -338,11 +341,12 @@ class VLAPolicy(PreTrainedPolicy):
         positions, _ = rope_positions(
             self.model, inputs["input_ids"], inputs["attention_mask"], inputs["image_grid_thw"]
         )
-        hidden = self.model.model(**inputs, position_ids=positions).last_hidden_state
+        with self._autocast(inputs["input_ids"].device, training=True):
+            hidden = self.model.model(**inputs, position_ids=positions).last_hidden_state
         # Position j predicts token j + 1: only the positions before a target token reach the LM head.
         next_labels = labels[:, 1:]
         selected = next_labels != IGNORE
-        logits = self.model.lm_head(hidden[:, :-1][selected]).float()
+        logits = fp32_logits(self.model.lm_head, hidden[:, :-1][selected])
         wanted = next_labels[selected]
         rng = self.token_range
         if self.config.bin_label_sigma > 0:
@@ -357,6 +361,13 @@ class VLAPolicy(PreTrainedPolicy):
             per_sample = torch.zeros(batch_size, device=logits.device).index_add_(0, sample, token_loss)
             return per_sample / torch.bincount(sample, minlength=batch_size).clamp(min=1), info
         return token_loss.mean(), info
+
+    def _autocast(self, device: torch.device, training: bool):
+        """use_amp: bf16 autocast over the fp32 weights (vst/cpu_amp.py). Decoding on the CPU stays fp32: its
+        one-token steps gain nothing from bf16 and pay for the casts (benchmarks/bench_cpu_amp.py)."""
+        enabled = bool(self.config.use_amp) and self.model.dtype == torch.float32
+        enabled = enabled and (training or device.type != "cpu")
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # ----------------------------------------------------------------------------------------- inference
 
@@ -394,7 +405,8 @@ class VLAPolicy(PreTrainedPolicy):
         inputs = self.model_inputs(batch)
         fast = isinstance(self.action_tokenizer, FastActionTokenizer)
         stop = self.prompt.eos_token_id if fast else None
-        ids = decode_actions(self.model, inputs, self.num_target_tokens, self.token_range, stop_id=stop)
+        with self._autocast(inputs["input_ids"].device, training=False):
+            ids = decode_actions(self.model, inputs, self.num_target_tokens, self.token_range, stop_id=stop)
         chunk = parse_action_tokens(ids.cpu(), self.action_tokenizer, stop_token_id=stop)
         return torch.as_tensor(chunk, dtype=torch.float32, device=inputs["input_ids"].device)
 

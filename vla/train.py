@@ -82,6 +82,9 @@ def policy_config(cfg: DictConfig):
     if unknown:
         raise ValueError(f"unknown policy settings {unknown}; VLAConfig fields are {sorted(known)}")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides.setdefault(
+        "use_amp", use_amp(cfg.get("amp", "auto"), device, overrides.get("dtype", "float32"))
+    )
     return VLAConfig(
         backbone=str(cfg.backbone),
         backbone_base=str(cfg.backbone_base),
@@ -90,6 +93,17 @@ def policy_config(cfg: DictConfig):
         device=device,
         **overrides,
     )
+
+
+def use_amp(amp, device: str, dtype: str) -> bool:
+    """amp=auto: bf16 autocast where it pays and is not already there: fp32 weights on a CPU with native bf16."""
+    from vst.cpu_amp import native_bf16
+
+    if str(amp).lower() in ("true", "false"):
+        return str(amp).lower() == "true"
+    if str(amp) != "auto":
+        raise ValueError(f"amp must be auto, true or false, not {amp!r}")
+    return torch.device(device).type == "cpu" and dtype == "float32" and native_bf16()
 
 
 def _comparable(policy) -> dict:

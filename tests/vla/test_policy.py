@@ -462,3 +462,50 @@ def test_eval_with_temporal_ensembling_predicts_every_step(vla, tmp_path):
     assert not torch.allclose(actions[1], chunk[:, 1])  # the chunks' steps disagree: it is a mix
     with pytest.raises(ValueError, match="n_action_steps must be 1"):
         load_policy(str(saved), device="cpu", n_action_steps=2, temporal_ensemble=0.01)
+
+
+def test_amp_trains_like_fp32_with_fp32_weights_attention_and_logits(vla):
+    """use_amp: bf16 matmuls over fp32 weights; the loss follows fp32's, attention and logits stay fp32."""
+    ref, pre, _ = vla.policy()
+    amp, _, _ = vla.policy(use_amp=True)
+    amp.load_state_dict(ref.state_dict())
+    text, vision = amp.model.config.text_config, amp.model.config.vision_config
+    assert (text._attn_implementation, vision._attn_implementation) == ("sdpa_fp32", "sdpa_fp32")
+    assert ref.model.config.text_config._attn_implementation == "sdpa"
+    batch = vla.batch(pre, chunk_size=4)
+    seen = {}
+    hook = amp.model.lm_head.register_forward_hook(lambda *a: seen.setdefault("bf16_head", True))
+    losses_ref, _ = _train(ref, batch, steps=4)
+    losses_amp, _ = _train(amp, batch, steps=4)
+    hook.remove()
+    assert "bf16_head" not in seen  # the head runs through fp32_logits, never through the bf16 module call
+    assert losses_amp == pytest.approx(losses_ref, rel=0.02)
+    assert losses_amp[-1] < losses_amp[0]
+    assert all(p.dtype == torch.float32 for p in amp.parameters())
+    # On the CPU decoding stays fp32: the same actions as the fp32 policy with the same weights.
+    amp.eval(), ref.eval()
+    chunk = amp.predict_action_chunk(batch)
+    assert chunk.shape == (4, 4, 7) and torch.equal(chunk, ref.predict_action_chunk(batch))
+
+
+def test_amp_decoding_runs_bf16_matmuls_and_follows_fp32_logits(vla):
+    """Decoding under autocast runs bf16 matmuls (not a no-op switch) with fp32 logits close to fp32's."""
+    ref, pre, _ = vla.policy()
+    _randomize_llm(ref, seed=2)
+    amp, _, _ = vla.policy(use_amp=True)
+    amp.load_state_dict(ref.state_dict())
+    ref.eval(), amp.eval()
+    batch = vla.batch(pre, chunk_size=4)
+    dtypes = []
+    mlp = amp.model.model.language_model.layers[0].mlp.down_proj
+    hook = mlp.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    inputs = amp.model_inputs(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what use_amp does on a GPU, here on the CPU
+        ids_amp, logits_amp = decode_uncached(amp.model, inputs, 1, amp.token_range)
+    hook.remove()
+    ids_ref, logits_ref = decode_uncached(ref.model, ref.model_inputs(batch), 1, ref.token_range)
+    assert set(dtypes) == {torch.bfloat16} and logits_amp.dtype == torch.float32
+    assert not torch.equal(logits_amp, logits_ref)
+    rng = amp.token_range
+    a, r = logits_amp[..., rng.start : rng.stop], logits_ref[..., rng.start : rng.stop]
+    assert torch.corrcoef(torch.stack([a.flatten(), r.flatten()]))[0, 1] > 0.99

@@ -1,0 +1,130 @@
+"""bf16 autocast on the CPU (vst/cpu_amp.py): the tiny VLA's training step and chunk decoding, fp32 vs AMP.
+
+    .venv/bin/python benchmarks/bench_cpu_amp.py [--reps 8] [--threads 1] [--batch 8]
+
+Side by side in one process, on the same weights and the same batches (the full preset's shapes: two 128 px
+cameras resized to 112, the state, chunk 8, 7-D actions; AdamW):
+- fp32: the policy as trained before `use_amp` (fp32 weights, fp32 everywhere);
+- amp, bf16 attention: plain `torch.autocast(cpu, bf16)`, attention left to autocast (what the fix avoids);
+- amp: `use_amp=true` (bf16 matmuls, fp32 attention and output head, fp32 weights and optimiser state).
+Training: ms per step (forward + backward + AdamW) and the ratio to fp32, plus the first steps' losses of each
+(they should agree to ~1%). Inference: ms per `predict_action_chunk` for 1 and 8 envs, fp32 (what the policy
+does on the CPU, use_amp or not) vs the use_amp policy inside an explicit bf16 autocast (why it does not: the
+one-token decoding steps pay for the casts). Medians over `--reps`,
+the variants taking turns so that load on a shared machine hits all alike: trust the ratios.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+from bench_vla_decoding import env_batch, features  # this directory is on sys.path
+
+from vla.configuration_vla import VLAConfig
+from vla.modeling_vla import VLAPolicy
+
+
+def make_policy(variant: str, cache_dir: str | None) -> VLAPolicy:
+    inputs, outputs = features(128)
+    cfg = VLAConfig(
+        backbone="tiny",
+        cache_dir=cache_dir,
+        device="cpu",
+        chunk_size=8,
+        n_action_steps=8,
+        image_size=112,
+        use_amp=variant == "amp",
+        input_features=inputs,
+        output_features=outputs,
+    )
+    torch.manual_seed(0)
+    policy = VLAPolicy(cfg)
+    if variant == "amp_bf16_attention":
+        policy.config.use_amp = True  # autocast on, attention left at sdpa: the slow bf16 CPU kernels
+    return policy
+
+
+def train_batches(n: int, batch_size: int) -> list[dict]:
+    batches = []
+    for i in range(n):
+        batch = env_batch(batch_size, "cpu", seed=i)
+        gen = torch.Generator().manual_seed(i)
+        batch["action"] = torch.rand(batch_size, 8, 7, generator=gen) * 2 - 1  # normalised to [-1, 1]
+        batch["action_is_pad"] = torch.zeros(batch_size, 8, dtype=torch.bool)
+        batches.append(batch)
+    return batches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--cache-dir", default=os.environ.get("VST_CACHE"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from vst.cpu_amp import native_bf16
+
+    variants = ["fp32", "amp_bf16_attention", "amp"]
+    policies = {v: make_policy(v, args.cache_dir) for v in variants}
+    for v in variants[1:]:
+        policies[v].load_state_dict(policies["fp32"].state_dict())
+    optims = {v: torch.optim.AdamW(p.get_optim_params(), lr=1e-4) for v, p in policies.items()}
+    batches = train_batches(args.reps + 2, args.batch)
+
+    times = {v: [] for v in variants}
+    losses = {v: [] for v in variants}
+    for batch in batches:
+        for v in variants:
+            policy, opt = policies[v], optims[v]
+            policy.train()
+            t = time.perf_counter()
+            loss, _ = policy.forward(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            times[v].append(time.perf_counter() - t)
+            losses[v].append(round(loss.item(), 4))
+    step_ms = {v: 1000 * statistics.median(ts[2:]) for v, ts in times.items()}  # two warm-up steps
+
+    decode_ms = {}
+    amp = policies["amp"].eval()
+    for n in (1, 8):
+        batch = env_batch(n, "cpu", seed=100 + n)
+        ts = {v: [] for v in ("fp32", "autocast")}
+        with torch.no_grad():
+            for rep in range(args.reps + 1):
+                for v in ts:
+                    t = time.perf_counter()
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v == "autocast"):
+                        amp.predict_action_chunk(batch)
+                    if rep:
+                        ts[v].append(time.perf_counter() - t)
+        decode_ms[n] = {v: 1000 * statistics.median(x) for v, x in ts.items()}
+
+    result = {
+        "native_bf16": native_bf16(),
+        "threads": args.threads,
+        "batch": args.batch,
+        "train_step_ms": step_ms,
+        "train_speedup_vs_fp32": {v: step_ms["fp32"] / step_ms[v] for v in variants},
+        "first_losses": {v: losses[v][:4] for v in variants},
+        "chunk_ms": decode_ms,
+        "chunk_speedup_vs_fp32": {n: d["fp32"] / d["autocast"] for n, d in decode_ms.items()},
+    }
+    print(f"native bf16 on this CPU: {result['native_bf16']}; {args.threads} thread(s), batch {args.batch}")
+    print("| training step | ms | x fp32 |\n|---|---:|---:|")
+    for v in variants:
+        print(f"| {v} | {step_ms[v]:.0f} | {step_ms['fp32'] / step_ms[v]:.2f} |")
+    print("| chunk decoding (ms) | 1 env | 8 envs |\n|---|---:|---:|")
+    for v in ("fp32", "autocast"):
+        print(f"| {v} | {decode_ms[1][v]:.0f} | {decode_ms[8][v]:.0f} |")
+    print("first losses:", json.dumps(result["first_losses"]))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
