@@ -27,6 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vst.backbone import FINAL_MODEL_DIR, build_backbone, save_backbone
+from vst.cpu_amp import fp32_attention, native_bf16
 from vst.packing import IGNORE, pack, pad, plan_micro_batches, shift_targets, use_varlen_attention
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class TrainConfig:
     freeze_merger: bool = False
     freeze_llm: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
-    bf16: str = "auto"  # auto = on CUDA only; "true" / "false"
+    bf16: str = "auto"  # auto = on CUDA and on CPUs with native bf16 (vst/cpu_amp.py); "true" / "false"
     gradient_checkpointing: bool = False
     seed: int = 0
     log_every: int = 10
@@ -446,10 +447,11 @@ def train(cfg: SFTConfig) -> dict:
             "replay: mixed %d rows of types %s into %d stage rows (fraction %.2f)",
             len(rows) - n_stage, cfg.replay.row_types, n_stage, cfg.replay.fraction,
         )  # fmt: skip
-    bf16 = t.bf16 == "true" or (t.bf16 == "auto" and torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    bf16 = t.bf16 == "true" or (t.bf16 == "auto" and (cuda or native_bf16()))
     text_only = any(not r.get("images") for r in rows)  # then some batch may leave the vision tower unused
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # so that several CPU processes (torchrun / accelerate) use gloo DDP
+        cpu=not cuda,  # so that several CPU processes (torchrun / accelerate) use gloo DDP
         mixed_precision="bf16" if bf16 else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=text_only)],
     )
@@ -477,6 +479,8 @@ def train(cfg: SFTConfig) -> dict:
 
     if t.packing:
         use_varlen_attention(model)
+    if bf16 and not cuda:
+        fp32_attention(model)  # CPU flash attention is slower in bf16 than in fp32 (vst/cpu_amp.py)
     model = prepare_model(model, t)
     optimizer = torch.optim.AdamW(param_groups(model, part_lrs(t)), weight_decay=t.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(t.warmup_ratio * total), total)

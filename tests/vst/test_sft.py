@@ -290,3 +290,35 @@ def test_cot_with_replay_trains_and_refuses_other_replay_on_resume(data, cache, 
     assert summary["steps"] == 1 and "replay: mixed 6 rows" in caplog.text  # 6 CoT rows + 6 replayed
     with pytest.raises(ValueError, match="checkpoints of a different run.*replay"):
         S.train(config("cot", data, tmp_path, cache, *replay, "replay.fraction=0.3", "train.max_steps=1"))
+
+
+@pytest.mark.parametrize("bf16", ["true", "false"])
+def test_bf16_on_the_cpu_autocasts_keeps_attention_fp32_and_saves_fp32(
+    bf16, data, cache, tmp_path, monkeypatch
+):
+    seen = {"dtypes": set()}
+    real = S.token_loss_sum
+
+    def spy(model, batch):
+        m = getattr(model, "module", model)
+        if "attention" not in seen:
+            seen["attention"] = (
+                m.config.text_config._attn_implementation,
+                m.config.vision_config._attn_implementation,
+            )
+            mlp = m.model.language_model.layers[0].mlp.down_proj
+            mlp.register_forward_hook(lambda mod, i, o: seen["dtypes"].add(o.dtype))
+        return real(model, batch)
+
+    monkeypatch.setattr(S, "token_loss_sum", spy)
+    summary = S.train(config("sft", data, tmp_path, cache, "train.max_steps=2", f"train.bf16={bf16}"))
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in lines)
+    if bf16 == "true":
+        assert seen["dtypes"] == {torch.bfloat16}
+        assert seen["attention"] == ("varlen_sdpa_fp32", "sdpa_fp32")
+    else:
+        assert seen["dtypes"] == {torch.float32} and seen["attention"] == ("varlen_sdpa", "sdpa")
+    weights = load_file(Path(summary["model"]) / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}  # the master weights, not bf16 copies
+    assert "fp32" not in (Path(summary["model"]) / "config.json").read_text()
