@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -150,14 +152,21 @@ def test_stock_lerobot_train_finds_the_policy_under_accelerate(vla, tmp_path, fr
     cmd += ["--policy.n_action_steps=2", "--policy.device=cpu", "--policy.cameras=[agentview]"]
     cmd += ["--dataset.repo_id=local/vla_test_lift", f"--dataset.root={vla.root}", f"--output_dir={out}"]
     cmd += ["--steps=2", "--batch_size=2", "--num_workers=0", "--save_freq=2", "--log_freq=1"]
+    # Its own process group: on a timeout the ranks go too (killing accelerate alone left a rank behind,
+    # sleeping in a collective for hours).
+    proc = subprocess.Popen(
+        cmd, env=vla.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        run = subprocess.run(cmd, env=vla.env(), capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as e:  # keep what the ranks said: a hang is otherwise undiagnosable
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()  # keep what the ranks said: a hang is otherwise undiagnosable
         pytest.fail(
-            f"the two-process run hung for 300 s; its output ends:\n{str(e.stdout)[-2000:]}\n{str(e.stderr)[-2000:]}"
+            f"the two-process run hung for 300 s; its output ends:\n{stdout[-2000:]}\n{stderr[-2000:]}"
         )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "Effective batch size: 2 x 2 = 4" in run.stdout + run.stderr
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Effective batch size: 2 x 2 = 4" in stdout + stderr
     saved = out / "checkpoints" / "last" / "pretrained_model"
     policy = VLAPolicy.from_pretrained(saved)
     assert policy.config.cameras == ["agentview"] and policy.config.chunk_size == 2

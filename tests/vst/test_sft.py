@@ -22,6 +22,17 @@ FAST = ["train.pack_tokens=384", "train.max_seq_len=256", "train.log_every=1", "
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state and refuses an Accelerator with another mixed precision: a stage
+    runs once per process in real use, here several (bf16 on this CPU, fp32 when asked; later modules' RL and
+    lerobot-train in fp32)."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("rows")
