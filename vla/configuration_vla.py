@@ -29,7 +29,7 @@ class VLAConfig(PreTrainedConfig):
     cache_dir: str | None = None  # where built presets are cached (default $VST_CACHE or ~/.cache/vst-vla)
     dtype: str = "float32"  # weights and autocast: float32 | bfloat16 (lerobot-train turns bf16 into AMP)
     # use_amp (LeRobot's field): bf16 autocast over float32 weights, the weights and optimiser state staying
-    # fp32; on a CPU with native bf16 ~1.8x faster training steps (vst/cpu_amp.py: attention and the output
+    # fp32; on a CPU with native bf16 1.4-1.6x faster training steps (vst/cpu_amp.py: attention and the output
     # head stay fp32; decoding on the CPU stays fp32, where bf16 is slower). vla-train sets it (amp=auto).
     seed: int = 0  # initial rows of the added action tokens
 

@@ -2,7 +2,7 @@
 
 CPUs with native bf16 (avx512_bf16, AMX) multiply bf16 matrices ~4x faster than fp32 ones, and the tiny
 backbone's training step is mostly matmuls: autocast over fp32 weights (classic mixed precision, the weights and
-optimiser state stay fp32) roughly halves the step (`benchmarks/bench_cpu_amp.py`). Two things stay fp32:
+optimiser state stay fp32) makes a step 1.4-1.6x faster (`benchmarks/bench_cpu_amp.py`). Two things stay fp32:
 - attention: PyTorch's CPU flash-attention kernels are slower in bf16 than in fp32 (the backward ~2-6x), and CPU
   autocast would cast sdpa's inputs down, so `fp32_attention` switches a model to attention implementations that
   upcast q/k/v and run sdpa with autocast off;
