@@ -11,8 +11,6 @@ optimiser state stay fp32) makes a step 1.4-1.6x faster (`benchmarks/bench_cpu_a
 On a GPU none of this applies: there bf16 is the weights' dtype (`dtype=bfloat16`) and sdpa is fast in bf16.
 """
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, AttentionMaskInterface
@@ -28,11 +26,6 @@ _UPCASTABLE = {"sdpa": sdpa_attention_forward, "varlen_sdpa": varlen_sdpa}
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (oneDNN's check: avx512_bf16 or AMX)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def autocast(enabled: bool):
-    """bf16 autocast on the CPU, or nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def _upcast(attention):
