@@ -30,7 +30,7 @@ class VLAConfig(PreTrainedConfig):
     dtype: str = "float32"  # weights and autocast: float32 | bfloat16 (lerobot-train turns bf16 into AMP)
     # use_amp (LeRobot's field): bf16 autocast over float32 weights, the weights and optimiser state staying
     # fp32; on a CPU with native bf16 1.4-1.6x faster training steps (vst/cpu_amp.py: attention and the output
-    # head stay fp32; decoding on the CPU stays fp32, where bf16 is slower). vla-train sets it (amp=auto).
+    # head stay fp32; decoding on the CPU stays fp32, where bf16 is slower). vla-train: amp=auto|true.
     seed: int = 0  # initial rows of the added action tokens
 
     # Actions: K-step chunks (K = 1 is the paper's VLA), each normalised with the dataset's q01/q99 by the

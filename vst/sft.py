@@ -27,7 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 from vst.backbone import FINAL_MODEL_DIR, build_backbone, save_backbone
-from vst.cpu_amp import fp32_attention, native_bf16
+from vst.cpu_amp import fp32_attention
 from vst.packing import IGNORE, pack, pad, plan_micro_batches, shift_targets, use_varlen_attention
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class TrainConfig:
     freeze_merger: bool = False
     freeze_llm: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
-    bf16: str = "auto"  # auto = on CUDA and on CPUs with native bf16 (vst/cpu_amp.py); "true" / "false"
+    bf16: str = "auto"  # auto = on CUDA only; "true" also on a CPU (vst/cpu_amp.py); "false"
     gradient_checkpointing: bool = False
     seed: int = 0
     log_every: int = 10
@@ -448,7 +448,7 @@ def train(cfg: SFTConfig) -> dict:
             len(rows) - n_stage, cfg.replay.row_types, n_stage, cfg.replay.fraction,
         )  # fmt: skip
     cuda = torch.cuda.is_available()
-    bf16 = t.bf16 == "true" or (t.bf16 == "auto" and (cuda or native_bf16()))
+    bf16 = t.bf16 == "true" or (t.bf16 == "auto" and cuda)
     text_only = any(not r.get("images") for r in rows)  # then some batch may leave the vision tower unused
     accelerator = Accelerator(
         cpu=not cuda,  # so that several CPU processes (torchrun / accelerate) use gloo DDP

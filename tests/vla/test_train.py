@@ -177,12 +177,13 @@ def test_amp_setting_reaches_the_policy(vla, tmp_path, monkeypatch):
 
     for native in (True, False):
         monkeypatch.setattr(vst.cpu_amp, "native_bf16", lambda native=native: native)
-        assert vla_train.policy_config(_cfg(vla, tmp_path)).use_amp is native  # auto follows the CPU
+        assert vla_train.policy_config(_cfg(vla, tmp_path)).use_amp is False  # opt-in
+        assert vla_train.policy_config(_cfg(vla, tmp_path, "amp=auto")).use_amp is native  # follows the CPU
         assert vla_train.policy_config(_cfg(vla, tmp_path, "amp=false")).use_amp is False
         assert vla_train.policy_config(_cfg(vla, tmp_path, "amp=true")).use_amp is True
     monkeypatch.setattr(vst.cpu_amp, "native_bf16", lambda: True)
     # bf16 weights already autocast through lerobot-train; the policy's own field wins over amp
-    assert vla_train.policy_config(_cfg(vla, tmp_path, "policy.dtype=bfloat16")).use_amp is False
+    assert vla_train.policy_config(_cfg(vla, tmp_path, "amp=auto", "policy.dtype=bfloat16")).use_amp is False
     assert vla_train.policy_config(_cfg(vla, tmp_path, "amp=false", "+policy.use_amp=true")).use_amp is True
     with pytest.raises(ValueError, match="amp must be auto, true or false"):
         vla_train.policy_config(_cfg(vla, tmp_path, "amp=sometimes"))
