@@ -327,6 +327,7 @@ def run_chain(cfg: DictConfig) -> dict:
                     f"chunk_size={cfg.vla.chunk_size}",
                     f"policy.image_size={cfg.vla.image_size}",
                     f"seed={cfg.seed + 1000 + i}",
+                    *([f"amp={str(cfg.vla.amp).lower()}"] if cfg.vla.get("amp") is not None else []),
                     f"save_freq={max(1, cfg.vla.steps // 8)}",  # an interrupted run resumes from the last
                     f"output_dir={run}",
                 ),

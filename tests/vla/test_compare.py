@@ -253,6 +253,14 @@ def test_vla_seeds_plan_paired_trainings_per_backbone(tmp_path, caplog):
     )  # no extra overrides
     with pytest.raises(ValueError, match="vla.seeds"):
         run_chain(bad)
+    assert "amp=" not in steps["step vla_vst"]  # vla-train's own default unless vla.amp is set
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        amp = compose("vla_compare", [f"output_dir={tmp_path}", "dry_run=true", "vla.amp=true"])
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(amp)
+    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
+    assert all(" amp=true " in steps[f"step vla_{name}"] for name in ("vst", "baseline"))
 
 
 def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
