@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLConfig
 
 from vst import tokenizer as tiny_tok
+from vst.hf_fixes import cache_processor_kwargs_validation
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,7 @@ def load_backbone(
             f"or HF_HUB_OFFLINE=0 on a machine with internet)"
         ) from e
     check_compatible(model, processor)
+    cache_processor_kwargs_validation()  # every processor call ~4 ms faster (vst/hf_fixes.py)
     if device is not None:
         model.to(device)
     return model, processor
