@@ -153,7 +153,7 @@ class SFTConfig:
 def load_rows(data: list[str], row_types: list[str] | None) -> list[dict]:
     from vst.data.io import read_rows  # the data engine's reader (Parquet shards of VST rows)
 
-    rows = [r for path in data for r in read_rows(path) if row_types is None or r.get("type") in row_types]
+    rows = [r for path in data for r in read_rows(path, types=row_types)]
     if not rows:
         raise ValueError(f"no rows of types {row_types} in {data}")
     return rows

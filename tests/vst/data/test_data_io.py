@@ -173,6 +173,10 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(DataFileError, match=r"bad_image.parquet: row 1 \(id x\): image 1 does not decode"):
         list(read_rows(bad_image))
     assert len(list(read_rows(bad_image, check_images=False))) == 2
+    # a type filter skips rows before their images are checked, and checks the kept ones as before
+    assert list(read_rows(bad_image, types=["perception"])) == []
+    with pytest.raises(DataFileError, match="image 1 does not decode"):
+        list(read_rows(bad_image, types=["general"]))
 
     with pytest.raises(FileNotFoundError, match="no Parquet files"):
         list(read_rows(tmp_path / "nothing-here"))
