@@ -74,7 +74,8 @@ def load_policy(
     `n_action_steps` executes only the first N actions of each predicted chunk before predicting again
     (receding horizon): more reactive, N times the calls; the checkpoint's own value when None.
     `temporal_ensemble` (a coefficient) predicts at every step and executes the weighted mean of all predictions
-    for that step (ACT's temporal ensembling; the VLA and ACT both have it)."""
+    for that step (ACT's temporal ensembling; the VLA and ACT both have it); with `n_action_steps` N as well, the
+    VLA predicts every N steps and mixes the overlapping chunks (N times fewer calls)."""
     if spec == "expert":
         return ExpertPolicy(), _identity, _identity
     if spec == "random":
@@ -106,11 +107,12 @@ def load_policy(
             raise ValueError(
                 f"temporal_ensemble={temporal_ensemble}: the {cfg.type} policy has no temporal ensembling"
             )
-        if n_action_steps not in (None, 1):
+        if n_action_steps not in (None, 1) and not getattr(cfg, "strided_temporal_ensemble", False):
             raise ValueError(
-                f"temporal_ensemble predicts at every step: n_action_steps must be 1 or unset, got {n_action_steps}"
+                f"temporal_ensemble with n_action_steps={n_action_steps}: the {cfg.type} policy's ensembling "
+                "predicts at every step (1 or unset); a chunk every N steps is the vst_vla policy's"
             )
-        cfg.temporal_ensemble_coeff, cfg.n_action_steps = float(temporal_ensemble), 1
+        cfg.temporal_ensemble_coeff, cfg.n_action_steps = float(temporal_ensemble), n_action_steps or 1
     policy = get_policy_class(cfg.type).from_pretrained(path, config=cfg)
     policy.to(device).eval()
     pre, post = make_pre_post_processors(

@@ -163,6 +163,12 @@ def run_chain(cfg: DictConfig) -> dict:
         raise ValueError(
             f"eval.temporal_ensemble={ensemble!r}: a coefficient >= 0 (ACT uses 0.01), or null (the action queue)"
         )
+    every = cfg.eval.get("n_action_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(
+            f"eval.n_action_steps={every!r}: actions executed per predicted chunk (with temporal ensembling: steps "
+            "between chunks), >= 1, or null (the policy's own)"
+        )
     n_seeds = int(cfg.vla.seeds)
     if n_seeds < 1:
         raise ValueError(f"vla.seeds must be >= 1 (VLA trainings per backbone), got {cfg.vla.seeds}")
@@ -359,6 +365,7 @@ def run_chain(cfg: DictConfig) -> dict:
                     f"init_states={cfg.eval.init_states}",
                     *([f"max_steps={budget}"] if budget else []),
                     *([f"temporal_ensemble={ensemble}"] if ensemble is not None else []),
+                    *([f"n_action_steps={every}"] if every is not None else []),
                     f"output_dir={ev / label}",
                 ),
                 None,
@@ -571,9 +578,15 @@ def _markdown(report: dict, summaries: dict) -> str:
         if budget
         else "Episode budget: each task's own (`eval.max_steps` unset)."
     )
-    ensemble = report.get("eval_settings", {}).get("temporal_ensemble")
+    settings = report.get("eval_settings", {})
+    ensemble, every = settings.get("temporal_ensemble"), settings.get("n_action_steps")
     if ensemble is not None:
-        lines.append(f"Actions: temporal ensembling, coefficient {ensemble} (`eval.temporal_ensemble`).")
+        lines.append(
+            f"Actions: temporal ensembling, coefficient {ensemble} (`eval.temporal_ensemble`), a chunk every "
+            f"{every or 1} step(s) (`eval.n_action_steps`)."
+        )
+    elif every is not None:
+        lines.append(f"Actions: the first {every} of each chunk executed (`eval.n_action_steps`).")
     if report.get("seeds", 1) > 1:
         lines += _seed_lines(report)
     lines += [

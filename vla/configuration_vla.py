@@ -6,6 +6,7 @@ Importing this module registers the type (sim-eval imports it; `lerobot-train`/`
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from lerobot.configs import FeatureType, NormalizationMode, PreTrainedConfig
@@ -42,10 +43,13 @@ class VLAConfig(PreTrainedConfig):
     fast_max_tokens: int = 128  # decoding budget of a FAST chunk (it ends with <|im_end|>)
     chunk_size: int = 8
     n_action_steps: int = 8  # actions of each chunk executed before the next call
-    # > 0: predict a chunk at every step and execute the weighted mean of every prediction made for this step,
-    # the oldest weighted most (w_i = exp(-coeff * i), ACT's temporal ensembling): smoother, chunk_size x the
-    # calls. Needs n_action_steps = 1. None: the action queue.
+    # > 0: predict a chunk every n_action_steps steps (ACT: every step, n_action_steps = 1) and execute the
+    # weighted mean of every prediction made for this step, the oldest weighted most (w_i = exp(-coeff * i), ACT's
+    # temporal ensembling): smoother, chunk_size / n_action_steps x the queue's calls. None: the action queue.
     temporal_ensemble_coeff: float | None = None
+    strided_temporal_ensemble: ClassVar[bool] = (
+        True  # (not a setting) sim-eval may combine it with n_action_steps
+    )
     # bins only: > 0 trains against a Gaussian of this std (in bins) around the target bin instead of a one-hot
     # (HL-Gauss, "classification as regression"): neighbouring bins share credit, so a diffuse dimension's
     # prediction stays near its centre instead of piling onto the clipped end bins that greedy decoding picks.
@@ -109,11 +113,6 @@ class VLAConfig(PreTrainedConfig):
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise ValueError(
                 f"n_action_steps ({self.n_action_steps}) must lie in 1..chunk_size ({self.chunk_size})"
-            )
-        if self.temporal_ensemble_coeff is not None and self.n_action_steps != 1:
-            raise ValueError(
-                f"temporal_ensemble_coeff={self.temporal_ensemble_coeff} predicts at every step: it needs "
-                f"n_action_steps=1, got {self.n_action_steps}"
             )
         if not self.cameras:
             raise ValueError("cameras is empty: the VLA needs at least one image")

@@ -376,7 +376,7 @@ class VLAPolicy(PreTrainedPolicy):
         self._ensemble = (
             None
             if self.config.temporal_ensemble_coeff is None
-            else TemporalEnsemble(self.config.temporal_ensemble_coeff)
+            else TemporalEnsemble(self.config.temporal_ensemble_coeff, every=self.config.n_action_steps)
         )
 
     @property
@@ -413,7 +413,9 @@ class VLAPolicy(PreTrainedPolicy):
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
         if self._ensemble is not None:
-            return self._ensemble.update(self.predict_action_chunk(batch))
+            if self._ensemble.due():
+                self._ensemble.add(self.predict_action_chunk(batch))
+            return self._ensemble.pop()
         if not self._queue:
             chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
             self._queue.extend(chunk.transpose(0, 1))
@@ -423,37 +425,56 @@ class VLAPolicy(PreTrainedPolicy):
 class TemporalEnsemble:
     """ACT's temporal ensembling, kept as running means: position j of `mean` is the weighted mean of every chunk
     predicted so far for the step j ahead, `count[j]` how many there were (weights exp(-coeff * i), i = 0 the
-    oldest prediction, so older predictions count more for coeff > 0)."""
+    oldest prediction, so older predictions count more for coeff > 0). A chunk every `every` steps (ACT: 1) mixes
+    chunk_size / every predictions per step for chunk_size / every times the queue's calls instead of chunk_size."""
 
-    def __init__(self, coeff: float):
-        self.coeff = coeff
-        self.mean: Tensor | None = None  # (B, K, D)
-        self.count: Tensor | None = None  # (K,)
-        self.weight_sum: Tensor | None = None  # (K,)
+    def __init__(self, coeff: float, every: int = 1):
+        if every < 1:
+            raise ValueError(f"temporal ensemble: a chunk every {every} steps; use 1 or more")
+        self.coeff, self.every = coeff, every
+        self.mean: Tensor | None = None  # (B, pending steps, D)
+        self.count: Tensor | None = None  # (pending steps,)
+        self.weight_sum: Tensor | None = None  # (pending steps,)
+        self.since = 0  # steps executed since the last chunk
 
-    def update(self, chunk: Tensor) -> Tensor:
-        """Fold in the chunk predicted at this step (B, K, D); return this step's action (B, D)."""
-        k = chunk.shape[1]
+    def due(self) -> bool:
+        """Whether this step needs a new chunk: the first step, then every `every` steps (or when none is left)."""
+        return self.mean is None or self.since >= self.every or self.mean.shape[1] == 0
+
+    def add(self, chunk: Tensor) -> None:
+        """Fold in the chunk (B, K, D) predicted at this step: its first steps join the pending means, the rest
+        start new ones."""
         if self.mean is None:
+            k = chunk.shape[1]
             self.mean, self.count = chunk.clone(), torch.ones(k, device=chunk.device)
-            self.weight_sum = torch.ones(k, device=chunk.device)
-        else:
-            if chunk.shape[0] != self.mean.shape[0] or k != self.mean.shape[1] + 1:
-                raise ValueError(
-                    f"temporal ensemble: chunk of shape {tuple(chunk.shape)} after chunks of "
-                    f"{self.mean.shape[0]} x {self.mean.shape[1] + 1}: call reset() between episodes"
-                )
-            w = torch.exp(-self.coeff * self.count)[None, :, None]  # the new prediction's weight per position
-            old = self.mean * self.weight_sum[None, :, None]
-            self.mean = (old + w * chunk[:, :-1]) / (self.weight_sum[None, :, None] + w)
-            self.weight_sum = self.weight_sum + w[0, :, 0]
-            self.count = self.count + 1
-            self.mean = torch.cat([self.mean, chunk[:, -1:]], dim=1)
-            self.count = torch.cat([self.count, self.count.new_ones(1)])
-            self.weight_sum = torch.cat([self.weight_sum, self.weight_sum.new_ones(1)])
+            self.weight_sum, self.since = torch.ones(k, device=chunk.device), 0
+            return
+        m = self.mean.shape[1]
+        if chunk.shape[0] != self.mean.shape[0] or chunk.shape[1] != m + self.since:
+            raise ValueError(
+                f"temporal ensemble: chunk of shape {tuple(chunk.shape)} after chunks of "
+                f"{self.mean.shape[0]} x {m + self.since}: call reset() between episodes"
+            )
+        w = torch.exp(-self.coeff * self.count)[None, :, None]  # the new prediction's weight per position
+        old = self.mean * self.weight_sum[None, :, None]
+        self.mean = torch.cat(
+            [(old + w * chunk[:, :m]) / (self.weight_sum[None, :, None] + w), chunk[:, m:]], 1
+        )
+        self.weight_sum = torch.cat([self.weight_sum + w[0, :, 0], self.weight_sum.new_ones(self.since)])
+        self.count = torch.cat([self.count + 1, self.count.new_ones(self.since)])
+        self.since = 0
+
+    def pop(self) -> Tensor:
+        """This step's action (B, D)."""
         action = self.mean[:, 0]
         self.mean, self.count, self.weight_sum = self.mean[:, 1:], self.count[1:], self.weight_sum[1:]
+        self.since += 1
         return action
+
+    def update(self, chunk: Tensor) -> Tensor:
+        """every = 1: fold in this step's chunk and return this step's action."""
+        self.add(chunk)
+        return self.pop()
 
 
 def check_checkpoint(path: str | Path) -> None:

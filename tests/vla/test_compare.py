@@ -121,7 +121,16 @@ def test_report_records_the_shared_episode_budget_and_refuses_different_ones(tmp
         write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
     (tmp_path / "eval" / "baseline-VLA" / "eval_config.json").write_text(json.dumps(newer))
     write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
-    assert "temporal ensembling, coefficient 0.01" in (tmp_path / "report.md").read_text()
+    assert (
+        "temporal ensembling, coefficient 0.01 (`eval.temporal_ensemble`), a chunk every 1 step"
+        in (tmp_path / "report.md").read_text()
+    )
+    for label in ("baseline-VLA", "vst-VLA"):
+        (tmp_path / "eval" / label / "eval_config.json").write_text(
+            json.dumps({**newer, "n_action_steps": 2})
+        )
+    write_report(tmp_path, ["baseline-VLA", "vst-VLA"], {})
+    assert "a chunk every 2 step(s)" in (tmp_path / "report.md").read_text()
     config["max_steps"] = 220
     (tmp_path / "eval" / "vst-VLA" / "eval_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="different settings"):
@@ -318,6 +327,23 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
         run_chain(smooth)
     steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
     assert all("temporal_ensemble=0.01" in steps[f"step eval_{p}-VLA"] for p in ("vst", "baseline"))
+    assert "n_action_steps" not in steps["step eval_vst-VLA"]
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        strided = compose(
+            "vla_compare",
+            ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.temporal_ensemble=0.01",
+             "eval.n_action_steps=2"],
+        )  # fmt: skip
+        bad_stride = compose(
+            "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.n_action_steps=0"]
+        )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(strided)
+    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
+    assert all(" n_action_steps=2 " in steps[f"step eval_{p}-VLA"] for p in ("vst", "baseline"))
+    with pytest.raises(ValueError, match="eval.n_action_steps"):
+        run_chain(bad_stride)
     with initialize_config_dir(config_dir=configs, version_base="1.3"):
         bad = compose(
             "vla_compare",

@@ -393,7 +393,6 @@ def test_eval_executes_fewer_actions_per_chunk_when_asked(vla, tmp_path):
 
 
 def test_soft_bin_targets_give_credit_to_neighbouring_bins():
-    from vla.configuration_vla import VLAConfig
     from vla.modeling_vla import soft_bin_cross_entropy
 
     rng = range(10, 266)  # 256 bin tokens after a 10-token vocabulary
@@ -434,9 +433,33 @@ def test_temporal_ensemble_is_the_weighted_mean_of_every_prediction_for_the_step
         ens.update(torch.zeros(3, k, 3))  # another batch of envs without a reset
 
 
-def test_temporal_ensemble_needs_one_action_per_call():
-    with pytest.raises(ValueError, match="n_action_steps=1"):
-        VLAConfig(chunk_size=4, n_action_steps=4, temporal_ensemble_coeff=0.01)
+@pytest.mark.parametrize("every", [2, 3])
+def test_temporal_ensemble_every_n_steps_mixes_the_overlapping_chunks(every):
+    """A chunk at steps 0, N, 2N, ...: step t mixes c_s[t - s] of every chunk s with s <= t < s + K, oldest first."""
+    gen = torch.Generator().manual_seed(1)
+    coeff, k = 0.3, 4
+    ens, chunks = TemporalEnsemble(coeff, every=every), {}
+    for t in range(11):
+        if ens.due():
+            chunks[t] = torch.randn(2, k, 3, generator=gen)
+            ens.add(chunks[t])
+        got = ens.pop()
+        proposals = [c[:, t - s] for s, c in chunks.items() if s <= t < s + k]
+        w = torch.exp(-coeff * torch.arange(len(proposals), dtype=torch.float32))
+        torch.testing.assert_close(got, sum(wi * p for wi, p in zip(w, proposals)) / w.sum())
+    assert sorted(chunks) == list(range(0, 11, every))
+
+
+def test_temporal_ensemble_every_chunk_size_steps_is_the_queue():
+    ens, chunks = TemporalEnsemble(0.01, every=4), [torch.randn(1, 4, 2) for _ in range(3)]
+    got = []
+    for c in chunks:
+        assert ens.due()
+        ens.add(c)
+        got += [ens.pop() for _ in range(4)]
+    torch.testing.assert_close(torch.stack(got, 1), torch.cat(chunks, 1))
+    with pytest.raises(ValueError, match="every 0 steps"):
+        TemporalEnsemble(0.01, every=0)
 
 
 def test_eval_with_temporal_ensembling_predicts_every_step(vla, tmp_path):
@@ -460,8 +483,15 @@ def test_eval_with_temporal_ensembling_predicts_every_step(vla, tmp_path):
         w = torch.exp(-0.01 * torch.arange(t + 1, dtype=torch.float32))
         torch.testing.assert_close(action, sum(w[i] * chunk[:, t - i] for i in range(t + 1)) / w.sum())
     assert not torch.allclose(actions[1], chunk[:, 1])  # the chunks' steps disagree: it is a mix
-    with pytest.raises(ValueError, match="n_action_steps must be 1"):
-        load_policy(str(saved), device="cpu", n_action_steps=2, temporal_ensemble=0.01)
+    strided, _, _ = load_policy(str(saved), device="cpu", n_action_steps=2, temporal_ensemble=0.01)
+    predict, calls = strided.predict_action_chunk, []
+    strided.predict_action_chunk = lambda b: calls.append(1) or predict(b)
+    strided.reset()
+    actions = [strided.select_action(batch) for _ in range(4)]
+    assert len(calls) == 2  # a chunk at steps 0 and 2
+    torch.testing.assert_close(actions[1], chunk[:, 1])  # only the step-0 chunk covers step 1
+    w = torch.exp(-0.01 * torch.arange(2, dtype=torch.float32))
+    torch.testing.assert_close(actions[3], (w[0] * chunk[:, 3] + w[1] * chunk[:, 1]) / w.sum())
 
 
 def test_amp_trains_like_fp32_with_fp32_weights_attention_and_logits(vla):
