@@ -169,6 +169,11 @@ def run_chain(cfg: DictConfig) -> dict:
             f"eval.n_action_steps={every!r}: actions executed per predicted chunk (with temporal ensembling: steps "
             "between chunks), >= 1, or null (the policy's own)"
         )
+    if cfg.act.enabled and ensemble is not None and every not in (None, 1):
+        raise ValueError(
+            f"eval.n_action_steps={every} with eval.temporal_ensemble: ACT's ensembling predicts at every step and "
+            "every policy is evaluated alike; set eval.n_action_steps=1 (or act.enabled=false)"
+        )
     n_seeds = int(cfg.vla.seeds)
     if n_seeds < 1:
         raise ValueError(f"vla.seeds must be >= 1 (VLA trainings per backbone), got {cfg.vla.seeds}")

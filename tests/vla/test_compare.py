@@ -299,6 +299,12 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
     assert "think=true" not in steps["step bench_vst"]
     assert "episodes=50" in steps["step eval_vst-VLA"] and "steps=10000" in steps["step vla_vst"]
     assert "max_new_tokens=768" in steps["step bench_sft"]  # room for the longest 3D-box answer
+    assert all("train.bf16=true" in steps[f"step train_{s}"] for s in ("pretrain", "sft", "cot"))
+    assert "bf16" not in steps["step train_rl"] and " amp=true " in steps["step vla_vst"]
+    assert all(
+        " temporal_ensemble=0.01 n_action_steps=2 " in steps[f"step eval_{p}-VLA"]
+        for p in ("vst", "baseline")
+    )
     with initialize_config_dir(config_dir=configs, version_base="1.3"):
         longer = compose(
             "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.max_steps=400"]
@@ -316,34 +322,27 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
         )
     with pytest.raises(ValueError, match="eval.max_steps"):
         run_chain(bad)
-    assert "temporal_ensemble" not in steps["step eval_vst-VLA"]  # the action queue unless asked
     with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        smooth = compose(
+        queue = compose(
             "vla_compare",
-            ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.temporal_ensemble=0.01"],
-        )
-    caplog.clear()
-    with caplog.at_level("INFO", logger="vla.compare"):
-        run_chain(smooth)
-    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
-    assert all("temporal_ensemble=0.01" in steps[f"step eval_{p}-VLA"] for p in ("vst", "baseline"))
-    assert "n_action_steps" not in steps["step eval_vst-VLA"]
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        strided = compose(
-            "vla_compare",
-            ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.temporal_ensemble=0.01",
-             "eval.n_action_steps=2"],
+            ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.temporal_ensemble=null",
+             "eval.n_action_steps=null"],
         )  # fmt: skip
         bad_stride = compose(
             "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.n_action_steps=0"]
         )
+        act_strided = compose(
+            "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "act.enabled=true"]
+        )
     caplog.clear()
     with caplog.at_level("INFO", logger="vla.compare"):
-        run_chain(strided)
+        run_chain(queue)
     steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
-    assert all(" n_action_steps=2 " in steps[f"step eval_{p}-VLA"] for p in ("vst", "baseline"))
+    assert not any(k in steps["step eval_vst-VLA"] for k in ("temporal_ensemble", "n_action_steps"))
     with pytest.raises(ValueError, match="eval.n_action_steps"):
         run_chain(bad_stride)
+    with pytest.raises(ValueError, match="ACT's ensembling predicts at every step"):
+        run_chain(act_strided)
     with initialize_config_dir(config_dir=configs, version_base="1.3"):
         bad = compose(
             "vla_compare",
