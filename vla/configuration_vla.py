@@ -47,9 +47,8 @@ class VLAConfig(PreTrainedConfig):
     # weighted mean of every prediction made for this step, the oldest weighted most (w_i = exp(-coeff * i), ACT's
     # temporal ensembling): smoother, chunk_size / n_action_steps x the queue's calls. None: the action queue.
     temporal_ensemble_coeff: float | None = None
-    strided_temporal_ensemble: ClassVar[bool] = (
-        True  # (not a setting) sim-eval may combine it with n_action_steps
-    )
+    # not a setting: tells sim-eval that this policy's ensembling may take a chunk every n_action_steps steps
+    strided_temporal_ensemble: ClassVar[bool] = True
     # bins only: > 0 trains against a Gaussian of this std (in bins) around the target bin instead of a one-hot
     # (HL-Gauss, "classification as regression"): neighbouring bins share credit, so a diffuse dimension's
     # prediction stays near its centre instead of piling onto the clipped end bins that greedy decoding picks.
