@@ -30,6 +30,7 @@ from tqdm import tqdm
 from vst.backbone import resolve_backbone
 from vst.data.io import read_rows
 from vst.data.rows import THINK_INSTRUCTION
+from vst.rewards import format_score
 from vst.scoring import parse_meta, score_answer
 
 log = logging.getLogger(__name__)
@@ -256,11 +257,18 @@ def load_predictions(path: Path) -> dict[str, dict]:
     return records
 
 
-def summarize(records: list[dict]) -> dict:
-    """Per split: per-skill mean score, the overall mean over skills and per-family means over skills (percent)."""
-    by_skill = defaultdict(list)
+def summarize(records: list[dict], think: bool = False) -> dict:
+    """Per split: per-skill mean score, the overall mean over skills and per-family means over skills (percent).
+
+    With `think`, also the share of well-formed outputs (`<think>...</think> answer`, the RL format reward) per skill
+    and split, and the split's mean score over those: an unclosed or repeated think block leaves no answer and
+    scores 0, so the format rate bounds what a thinking model can score (an output with no block at all is scored
+    as a direct answer)."""
+    by_skill, well_formed = defaultdict(list), defaultdict(list)
     for r in records:
         by_skill[r["split"], r["family"], r["skill"]].append(r["score"])
+        if think:
+            well_formed[r["split"], r["family"], r["skill"]].append(format_score(r["output"]))
     summary = {}
     for split in SPLITS:
         skills = {
@@ -268,6 +276,10 @@ def summarize(records: list[dict]) -> dict:
             for (s, family, skill), scores in sorted(by_skill.items())
             if s == split
         }
+        if think:
+            for (s, _, skill), ok in well_formed.items():
+                if s == split:
+                    skills[skill]["well_formed"] = 100 * sum(ok) / len(ok)
         if not skills:
             continue
         families = defaultdict(list)
@@ -279,24 +291,41 @@ def summarize(records: list[dict]) -> dict:
             "families": {f: sum(v) / len(v) for f, v in sorted(families.items())},
             "skills": skills,
         }
+        if think:
+            rows = [r for r in records if r["split"] == split]
+            formed = [r["score"] for r in rows if format_score(r["output"])]
+            summary[split]["well_formed"] = 100 * len(formed) / len(rows)
+            summary[split]["score_if_well_formed"] = 100 * sum(formed) / len(formed) if formed else None
     return summary
 
 
 def write_markdown(summary: dict, model: str, path: Path) -> None:
     lines = [f"# vst-bench: `{model}`", ""]
     for split, result in summary.items():
+        think = "well_formed" in result
         lines += [
             f"## {split} split: overall {result['overall']:.2f} (mean over {len(result['skills'])} skills, "
             f"{result['n']} rows)",
             "",
-            "| skill | family | n | score |",
-            "|---|---|---:|---:|",
         ]
+        if think:
+            if_formed = result["score_if_well_formed"]
+            lines += [
+                f"Well-formed `<think>...</think> answer` outputs: {result['well_formed']:.1f}% of rows; "
+                f"their mean score {'-' if if_formed is None else f'{if_formed:.2f}'} (an unclosed or repeated "
+                "think block scores 0).",
+                "",
+            ]
+        lines += ["| skill | family | n | score |" + (" well-formed % |" if think else ""),
+                  "|---|---|---:|---:|" + ("---:|" if think else "")]  # fmt: skip
         lines += [
-            f"| {s} | {e['family']} | {e['n']} | {e['score']:.2f} |" for s, e in result["skills"].items()
+            f"| {s} | {e['family']} | {e['n']} | {e['score']:.2f} |"
+            + (f" {e['well_formed']:.0f} |" if think else "")
+            for s, e in result["skills"].items()
         ]
-        lines += [f"| **{f} (mean)** | | | {v:.2f} |" for f, v in result["families"].items()]
-        lines += [f"| **overall** | | {result['n']} | {result['overall']:.2f} |", ""]
+        empty = " |" if think else ""
+        lines += [f"| **{f} (mean)** | | | {v:.2f} |{empty}" for f, v in result["families"].items()]
+        lines += [f"| **overall** | | {result['n']} | {result['overall']:.2f} |{empty}", ""]
     path.write_text("\n".join(lines))
 
 
@@ -427,7 +456,7 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     # Re-scored from the stored outputs on every run, so a resumed run and a fixed scorer agree with a fresh one.
     records = [dict(done[r.id], score=score_answer(done[r.id]["output"], r.meta_info)) for r in rows]
-    summary = summarize(records)
+    summary = summarize(records, cfg.think)
     results = {
         "model": cfg.model,
         "checkpoint": checkpoint,

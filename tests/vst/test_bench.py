@@ -25,6 +25,7 @@ from vst.bench import (
     select_rows,
 )
 from vst.data.io import read_rows
+from vst.data.rows import THINK_INSTRUCTION
 from vst.scoring import score_answer
 
 # --------------------------------------------------------------------------------------------- tiny model
@@ -184,6 +185,44 @@ def test_scores_and_means_with_perfect_and_partly_wrong_answers(tmp_path, monkey
     assert again["splits"] == results["splits"] and sum(calls) == len(rows)
 
 
+def test_think_mode_reports_the_well_formed_share(tmp_path, monkeypatch):
+    """Asked to think, the report says how many outputs were well formed (`<think>...</think> answer`) and what
+    those scored, per skill and split."""
+    rows = make_rows(2)
+    answers = {k: f"<think>because</think> {v}" for k, v in perfect_answers(rows).items()}
+    answers["depth_comparison-1"] = "B"  # no think block: not well formed, yet scored as a direct answer
+    answers["camera_motion-0"] = "<think>moved 50 cm"  # never closed: no answer, scores 0
+    monkeypatch.setattr(bench, "load_model", lambda *a, **k: (torch.nn.Linear(1, 1), None))
+    by_question = {r["conversations"][0]["value"].split("\n", 1)[1]: r["id"] for r in rows}
+
+    def fake_generate(model, processor, messages, max_new_tokens):
+        questions = [m[-1]["content"][-1]["text"].removesuffix(f"\n{THINK_INSTRUCTION}") for m in messages]
+        return [(answers[by_question[q]], 1) for q in questions]
+
+    monkeypatch.setattr(bench, "generate", fake_generate)
+    data = write_parquet(rows, tmp_path / "bench.parquet")
+    out = tmp_path / "out"
+    spatial = run_bench(
+        BenchConfig(model="test/fake-model", data=str(data), output_dir=str(out), think=True)
+    )["splits"]["spatial"]
+    assert {s: (e["score"], e["well_formed"]) for s, e in spatial["skills"].items()} == {
+        "depth_comparison": (100.0, 50.0), "detection_3d": (100.0, 100.0),
+        "camera_motion": (50.0, 50.0), "object_count": (100.0, 100.0),
+    }  # fmt: skip
+    assert spatial["well_formed"] == 75.0 and spatial["score_if_well_formed"] == 100.0
+    report = (out / "results.md").read_text()
+    assert (
+        "75.0% of rows; their mean score 100.00" in report
+        and "| camera_motion | multi_image | 2 | 50.00 | 50 |" in report
+    )
+
+    direct = run_bench(
+        BenchConfig(model="test/fake-model", data=str(data), output_dir=str(tmp_path / "direct"))
+    )
+    assert "well_formed" not in direct["splits"]["spatial"]
+    assert "Well-formed" not in (tmp_path / "direct" / "results.md").read_text()
+
+
 def test_resume_keeps_written_rows_and_repairs_a_torn_line(tiny_model, tmp_path, monkeypatch):
     data = write_parquet(make_rows(1), tmp_path / "bench.parquet")
     cfg = BenchConfig(
@@ -245,7 +284,6 @@ def test_messages_put_images_where_the_placeholders_were():
 
 
 def test_think_appends_the_cot_cue_once():
-    from vst.data.rows import THINK_INSTRUCTION
 
     row = select_rows(iter(make_rows(1)), ["spatial"], None)[0]
     direct = build_messages(row)[-1]["content"][-1]["text"]
@@ -296,11 +334,11 @@ def test_bad_files_and_config(tmp_path):
     with pytest.raises(ValueError, match="other.parquet: not VST row data"):
         select_rows(read_rows(str(schemaless)), ["spatial"], None)
     with pytest.raises(ValueError, match="unknown splits"):
-        BenchConfig(model="m", output_dir="o", splits=["spatial", "vibes"])
+        BenchConfig(model="test/fake-model", output_dir="o", splits=["spatial", "vibes"])
     with pytest.raises(ValueError, match="dtype"):
-        BenchConfig(model="m", output_dir="o", dtype="int8")
+        BenchConfig(model="test/fake-model", output_dir="o", dtype="int8")
     with pytest.raises(ValueError, match="cpu_threads"):
-        BenchConfig(model="m", output_dir="o", cpu_threads=0)
+        BenchConfig(model="test/fake-model", output_dir="o", cpu_threads=0)
 
 
 def test_a_corrupt_line_in_the_middle_is_not_silently_dropped(tmp_path):
