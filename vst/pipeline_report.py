@@ -37,6 +37,7 @@ def backbone_table(out: Path) -> dict:
             "spatial": spatial.get("overall"),
             "general": general.get("overall"),
             "rl_skills": _mean([skills[s] for s in rl_skills if s in skills]),
+            "well_formed": spatial.get("well_formed"),  # think benches: share of `<think>...</think> answer`
             "skills": skills,
         }
     st = table["stages"]
@@ -107,6 +108,12 @@ def markdown(table: dict) -> str:
         "| **general (mean over skills)** | " + " | ".join(_fmt(st[n]["general"]) for n in names) + " |",
         "| **RL-trained skills (mean)** | " + " | ".join(_fmt(st[n]["rl_skills"]) for n in names) + " |",
     ]
+    if any(st[n].get("well_formed") is not None for n in names):  # what RL's format reward acts on
+        lines.append(
+            "| think outputs well formed (spatial, %) | "
+            + " | ".join(_fmt(st[n].get("well_formed")) for n in names)
+            + " |"
+        )
     skills = sorted({s for n in names for s in st[n]["skills"]})
     for s in skills:
         mark = " (RL)" if s in table["rl_skills"] else ""
@@ -170,7 +177,7 @@ def training_records(out: Path, stage: str) -> list[dict]:
 
 
 def curves(out: Path, path: Path) -> None:
-    """Loss of the supervised stages and reward/accuracy of RL against the optimizer step."""
+    """Loss of the supervised stages and reward / accuracy / format rate of RL against the optimizer step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +186,7 @@ def curves(out: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, len(TRAIN_STAGES), figsize=(4 * len(TRAIN_STAGES), 3.2))
     for ax, stage in zip(axes, TRAIN_STAGES):
         recs = training_records(out, stage)
-        keys = ("reward", "accuracy") if stage == "rl" else ("loss",)
+        keys = ("reward", "accuracy", "format") if stage == "rl" else ("loss",)
         for key in keys:
             pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None]
             if pts:

@@ -6,12 +6,18 @@ import pytest
 from vst.pipeline_report import backbone_table, training_records, write_backbone_report
 
 
-def _bench(root: Path, name: str, spatial: dict[str, float], general: dict[str, float]) -> None:
+def _bench(
+    root: Path,
+    name: str,
+    spatial: dict[str, float],
+    general: dict[str, float],
+    well_formed: float | None = None,
+) -> None:
     def split(skills: dict[str, float]) -> dict:
         return {
             "overall": sum(skills.values()) / len(skills),
             "skills": {s: {"family": "single_image", "n": 4, "score": v} for s, v in skills.items()},
-        }
+        } | ({} if well_formed is None else {"well_formed": well_formed})  # vst-bench think=true
 
     d = root / "bench" / name
     d.mkdir(parents=True)
@@ -45,20 +51,21 @@ def test_rl_delta_uses_the_think_prompt_when_both_think_benches_exist(tmp_path):
     _bench(tmp_path, "baseline", {"depth_compare": 20.0}, {"general_color": 50.0})
     _bench(tmp_path, "cot", {"depth_compare": 30.0}, {"general_color": 49.0})
     _bench(tmp_path, "vst", {"depth_compare": 29.0}, {"general_color": 49.0})
-    _bench(tmp_path, "cot_think", {"depth_compare": 40.0}, {"general_color": 45.0})
+    _bench(tmp_path, "cot_think", {"depth_compare": 40.0}, {"general_color": 45.0}, well_formed=39.0)
     rl = tmp_path / "data" / "rl"
     rl.mkdir(parents=True)
     (rl / "manifest.json").write_text(json.dumps({"counts": {"skill": {"depth_compare": 30}}}))
     assert (
         backbone_table(tmp_path)["deltas"]["rl_minus_cot_mode"] == "direct"
     )  # one think bench is not a pair
-    _bench(tmp_path, "vst_think", {"depth_compare": 45.0}, {"general_color": 46.0})
+    _bench(tmp_path, "vst_think", {"depth_compare": 45.0}, {"general_color": 46.0}, well_formed=51.5)
     table = write_backbone_report(tmp_path)
     d = table["deltas"]
     assert d["rl_minus_cot_mode"] == "think" and d["rl_minus_cot_rl_skills"] == pytest.approx(5.0)
     assert d["rl_minus_cot_rl_skills_direct"] == pytest.approx(-1.0)
     md = (tmp_path / "backbones.md").read_text()
     assert "RL-trained skills (think): 5.0 points" in md and "asked directly: -1.0" in md
+    assert "| think outputs well formed (spatial, %) | - | - | - | 39.0 | 51.5 |" in md
 
 
 def test_missing_stages_leave_gaps_and_no_results_is_an_error(tmp_path):
