@@ -368,6 +368,8 @@ def train(cfg: RLConfig | DictConfig, reward_funcs: list | None = None) -> dict:
     cfg = cfg if isinstance(cfg, RLConfig) else rl_config(cfg)
     t, r, out = cfg.train, cfg.rl, Path(cfg.output_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if t.cpu_threads:
+        torch.set_num_threads(t.cpu_threads)
     args = grpo_args(cfg, out, world)
     main = args.process_index == 0
     if not main:

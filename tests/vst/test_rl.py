@@ -128,7 +128,10 @@ def test_steps_checkpoint_and_logged_rewards(data, cache, tmp_path, monkeypatch)
 
     monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", rollouts)
     monkeypatch.setattr(VSTGRPOTrainer, "_calculate_rewards", rewards)
-    summary = R.train(config(data, tmp_path, cache, "train.max_steps=2"))
+    threads, set_threads = [], torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (threads.append(n), set_threads(n)))
+    summary = R.train(config(data, tmp_path, cache, "train.max_steps=2", "train.cpu_threads=1"))
+    assert threads == [1]  # the shared train.cpu_threads applies to the RL stage too
     assert (
         summary["steps"] == 2 and Path(summary["model"]) == tmp_path / "model" and summary["tokens_per_s"] > 0
     )
