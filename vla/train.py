@@ -27,6 +27,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vla.frame_cache import frame_cache_in_training
 from vla.stats import exact_stats_in_training
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,11 @@ def train(cfg: DictConfig) -> Path:
         scheduler=policy.get_scheduler_preset(),
     )
     stats = exact_stats_in_training() if cfg.exact_stats and not resume else nullcontext()
-    with lerobot_argv([f"--config_path={last}"] if resume else []), stats:
+    with (
+        lerobot_argv([f"--config_path={last}"] if resume else []),
+        stats,
+        frame_cache_in_training(cfg.frame_cache_gb),
+    ):
         lerobot_train(pipeline)  # on resume the checkpoint's saved stats are the ones used, exact or not
     return last
 
