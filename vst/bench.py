@@ -264,11 +264,13 @@ def summarize(records: list[dict], think: bool = False) -> dict:
     and split, and the split's mean score over those: an unclosed or repeated think block leaves no answer and
     scores 0, so the format rate bounds what a thinking model can score (an output with no block at all is scored
     as a direct answer)."""
-    by_skill, well_formed = defaultdict(list), defaultdict(list)
+    by_skill, well_formed, by_split = defaultdict(list), defaultdict(list), defaultdict(list)
     for r in records:
         by_skill[r["split"], r["family"], r["skill"]].append(r["score"])
         if think:
-            well_formed[r["split"], r["family"], r["skill"]].append(format_score(r["output"]))
+            ok = format_score(r["output"])
+            well_formed[r["split"], r["family"], r["skill"]].append(ok)
+            by_split[r["split"]].append((ok, r["score"]))
     summary = {}
     for split in SPLITS:
         skills = {
@@ -292,9 +294,8 @@ def summarize(records: list[dict], think: bool = False) -> dict:
             "skills": skills,
         }
         if think:
-            rows = [r for r in records if r["split"] == split]
-            formed = [r["score"] for r in rows if format_score(r["output"])]
-            summary[split]["well_formed"] = 100 * len(formed) / len(rows)
+            formed = [score for ok, score in by_split[split] if ok]
+            summary[split]["well_formed"] = 100 * len(formed) / len(by_split[split])
             summary[split]["score_if_well_formed"] = 100 * sum(formed) / len(formed) if formed else None
     return summary
 
