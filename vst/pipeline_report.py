@@ -3,6 +3,8 @@
 Reads what `vla-compare` (or the same commands by hand) left in one directory: `bench/<stage>/results.json`
 (vst-bench), `backbones/<stage>/metrics.jsonl` (vst-train), `data/rl/manifest.json` (which skills RL trained) and
 `steps.json` (vla-compare's step times, for the pipeline's compute budget); writes `backbones.json`, `backbones.md`, `backbones.png` (per-skill scores) and `curves.png` (training curves).
+Each delta comes with a paired bootstrap 95% interval over the benchmark's questions (`bench/<stage>/predictions.jsonl`):
+with 20 questions per skill a few points are within noise, and the targets are a few points.
 """
 
 import json
@@ -18,6 +20,46 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def _scores(out: Path, stage: str) -> dict[str, tuple[str, float]]:
+    """Per benchmark question: (skill, score). Read-only: a torn last line of an interrupted bench is skipped."""
+    path = out / "bench" / stage / "predictions.jsonl"
+    scores = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+                scores[r["id"]] = (r["skill"], float(r["score"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return scores
+
+
+def paired_interval(
+    out: Path, a: str, b: str, skills: list[str], reps: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """95% interval of (a - b), the mean over `skills` of the per-skill mean score, by a paired bootstrap.
+
+    Questions are resampled within each skill (the metric weighs skills equally) and the same draw is used for both
+    stages, so what the two checkpoints share (the question's difficulty) cancels. None without both stages'
+    per-question scores on every listed skill."""
+    import numpy as np
+
+    sa, sb = _scores(out, a), _scores(out, b)
+    diffs = {s: [] for s in skills}
+    for qid, (skill, score) in sa.items():
+        if skill in diffs and qid in sb:
+            diffs[skill].append(score - sb[qid][1])
+    if not skills or any(not d for d in diffs.values()):
+        return None
+    rng = np.random.default_rng(seed)
+    total = np.zeros(reps)
+    for d in diffs.values():
+        d = np.asarray(d)
+        total += d[rng.integers(0, len(d), size=(reps, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(100 * total / len(skills), [2.5, 97.5])
+    return [round(float(lo), 2), round(float(hi), 2)]
+
+
 def backbone_table(out: Path) -> dict:
     """Per-skill and overall scores of every stage; the RL-trained skills' mean; the deltas the method is about."""
     bench = {}
@@ -30,7 +72,10 @@ def backbone_table(out: Path) -> dict:
     rl_manifest = out / "data" / "rl" / "manifest.json"
     rl_skills = sorted(json.loads(rl_manifest.read_text())["counts"]["skill"]) if rl_manifest.exists() else []
     table = {"stages": {}, "rl_skills": rl_skills}
+    split_skills = {}  # split -> its skills, for the intervals
     for name, splits in bench.items():
+        for split in ("spatial", "general"):
+            split_skills.setdefault(split, sorted(splits.get(split, {}).get("skills", {})))
         spatial, general = splits.get("spatial", {}), splits.get("general", {})
         skills = {s: e["score"] for split in (spatial, general) for s, e in split.get("skills", {}).items()}
         table["stages"][name] = {
@@ -48,6 +93,17 @@ def backbone_table(out: Path) -> dict:
         return None
 
     think = "cot_think" in st and "vst_think" in st
+    rl_pair = ("vst_think", "cot_think") if think else ("vst", "cot")
+    table["intervals"] = {  # paired bootstrap 95% over questions, same keys as the deltas
+        key: paired_interval(out, a, b, skills) if a in st and b in st else None
+        for key, (a, b), skills in (
+            ("sft_minus_baseline_spatial", ("sft", "baseline"), split_skills.get("spatial", [])),
+            ("rl_minus_cot_rl_skills", rl_pair, rl_skills),
+            ("rl_minus_cot_rl_skills_direct", ("vst", "cot"), rl_skills),
+            ("vst_minus_baseline_spatial", ("vst", "baseline"), split_skills.get("spatial", [])),
+            ("vst_minus_baseline_general", ("vst", "baseline"), split_skills.get("general", [])),
+        )
+    }
     table["deltas"] = {
         "sft_minus_baseline_spatial": delta("sft", "baseline", "spatial"),  # target >= +15
         # target >= +2; measured with the think prompt when both think benches exist
@@ -93,6 +149,11 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
+def _ci(table: dict, key: str) -> str:
+    ci = table.get("intervals", {}).get(key)
+    return "" if ci is None else f" [95% CI {ci[0]:.1f}, {ci[1]:.1f}]"
+
+
 def markdown(table: dict) -> str:
     st, d = table["stages"], table["deltas"]
     names = list(st)
@@ -120,13 +181,22 @@ def markdown(table: dict) -> str:
         lines.append(f"| {s}{mark} | " + " | ".join(_fmt(st[n]["skills"].get(s)) for n in names) + " |")
     lines += [
         "",
-        f"- SFT - baseline, spatial: {_fmt(d['sft_minus_baseline_spatial'])} points (target >= +15)",
-        f"- RL - CoT, RL-trained skills ({d['rl_minus_cot_mode']}): {_fmt(d['rl_minus_cot_rl_skills'])} points "
-        f"(target >= +2; asked directly: {_fmt(d['rl_minus_cot_rl_skills_direct'])})",
-        f"- VST - baseline, spatial: {_fmt(d['vst_minus_baseline_spatial'])} points",
-        f"- VST - baseline, general: {_fmt(d['vst_minus_baseline_general'])} points (target within 2)",
+        f"- SFT - baseline, spatial: {_fmt(d['sft_minus_baseline_spatial'])} points"
+        f"{_ci(table, 'sft_minus_baseline_spatial')} (target >= +15)",
+        f"- RL - CoT, RL-trained skills ({d['rl_minus_cot_mode']}): {_fmt(d['rl_minus_cot_rl_skills'])} points"
+        f"{_ci(table, 'rl_minus_cot_rl_skills')} (target >= +2; asked directly: "
+        f"{_fmt(d['rl_minus_cot_rl_skills_direct'])}{_ci(table, 'rl_minus_cot_rl_skills_direct')})",
+        f"- VST - baseline, spatial: {_fmt(d['vst_minus_baseline_spatial'])} points"
+        f"{_ci(table, 'vst_minus_baseline_spatial')}",
+        f"- VST - baseline, general: {_fmt(d['vst_minus_baseline_general'])} points"
+        f"{_ci(table, 'vst_minus_baseline_general')} (target within 2)",
         "",
     ]
+    if any(v is not None for v in table.get("intervals", {}).values()):
+        lines += [
+            "Intervals: paired bootstrap over the benchmark's questions, resampled within each skill.",
+            "",
+        ]
     if table.get("minutes"):
         m = table["minutes"]
         lines += [

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from vst.pipeline_report import backbone_table, training_records, write_backbone_report
+from vst.pipeline_report import backbone_table, paired_interval, training_records, write_backbone_report
 
 
 def _bench(
@@ -118,3 +118,52 @@ def test_curves_keep_one_record_per_step_after_a_resume(tmp_path):
     assert [r["step"] for r in recs] == [10, 20, 30, 40]
     assert [r["loss"] for r in recs] == [0.0, 3.0, 4.0, 5.0]  # the resumed run's values
     assert training_records(tmp_path, "sft") == []
+
+
+def _predictions(root: Path, name: str, scores: dict[str, list[float]]) -> None:
+    """Per-question scores as vst-bench writes them; question i of a skill has the same id in every stage."""
+    lines = [
+        json.dumps({"id": f"{skill}-{i}", "skill": skill, "score": v, "output": "x"})
+        for skill, values in scores.items()
+        for i, v in enumerate(values)
+    ]
+    (root / "bench" / name / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_deltas_get_a_paired_bootstrap_interval_over_the_questions(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    base = {s: [rng.random() for _ in range(20)] for s in ("depth_compare", "distance")}
+    shifted = {s: [v + 0.1 for v in vs] for s, vs in base.items()}  # every question +10 points
+    noisy = {s: [min(1.0, max(0.0, v + rng.gauss(0.05, 0.3))) for v in vs] for s, vs in base.items()}
+    for name, scores in (("baseline", base), ("sft", shifted), ("vst", noisy)):
+        mean = {s: 100 * sum(v) / len(v) for s, v in scores.items()}
+        _bench(tmp_path, name, mean, {"general_color": 50.0})
+        _predictions(tmp_path, name, scores)
+
+    skills = ["depth_compare", "distance"]
+    # a shift shared by every question leaves nothing to resample: the interval is the point
+    assert paired_interval(tmp_path, "sft", "baseline", skills) == pytest.approx([10.0, 10.0], abs=1e-6)
+    table = write_backbone_report(tmp_path)
+    lo, hi = table["intervals"]["vst_minus_baseline_spatial"]
+    delta = table["deltas"]["vst_minus_baseline_spatial"]
+    assert lo < delta < hi and hi - lo > 2.0  # 40 noisy questions: several points wide
+    assert table["intervals"] == backbone_table(tmp_path)["intervals"]  # seeded: the same interval every time
+    assert table["intervals"]["vst_minus_baseline_general"] is None  # no per-question scores for that split
+    md = (tmp_path / "backbones.md").read_text()
+    assert f"[95% CI {lo:.1f}, {hi:.1f}]" in md and "Intervals: paired bootstrap" in md
+
+
+def test_no_interval_without_per_question_scores_of_both_stages(tmp_path):
+    _bench(tmp_path, "baseline", {"distance": 10.0}, {"general_color": 50.0})
+    _bench(tmp_path, "sft", {"distance": 30.0}, {"general_color": 50.0})
+    _predictions(tmp_path, "sft", {"distance": [0.3]})
+    table = write_backbone_report(tmp_path)
+    assert table["intervals"]["sft_minus_baseline_spatial"] is None
+    assert "95% CI" not in (tmp_path / "backbones.md").read_text()
+    # a torn last line (a bench interrupted mid-write) is skipped, not an error
+    _predictions(tmp_path, "baseline", {"distance": [0.1]})
+    with (tmp_path / "bench" / "baseline" / "predictions.jsonl").open("a") as f:
+        f.write('{"id": "distance-1", "sk')
+    assert paired_interval(tmp_path, "sft", "baseline", ["distance"]) == pytest.approx([20.0, 20.0])
