@@ -42,6 +42,28 @@ def mcnemar(a: list[bool], b: list[bool]) -> dict:
     return {"a_only": b10, "b_only": b01, "discordant": n, "p_value": p}
 
 
+def paired_difference_ci(a: list[bool], b: list[bool]) -> tuple[float, float]:
+    """95% interval for rate(a) - rate(b) on paired outcomes: Newcombe's (1998) square-and-add of the two Wilson
+    intervals, corrected for the pairs' correlation. McNemar says whether the policies differ; this says by how
+    much, and unlike the Wald interval it stays inside [-1, 1] and keeps its coverage at rates near 0 or 1."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired outcomes must be non-empty and of equal length, got {len(a)} and {len(b)}")
+    n = len(a)
+    both = sum(1 for x, y in zip(a, b) if x and y)
+    a_only = sum(1 for x, y in zip(a, b) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b) if y and not x)
+    neither = n - both - a_only - b_only
+    p1, p2 = (both + a_only) / n, (both + b_only) / n
+    (l1, u1), (l2, u2) = wilson(both + a_only, n), wilson(both + b_only, n)
+    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    cross = both * neither - a_only * b_only
+    # Newcombe's correlation term, shrunk towards 0 (by n/2 when positive) so the interval errs on the wide side
+    phi = 0.0 if margins == 0 else (cross - n / 2 if cross > n / 2 else min(cross, 0)) / math.sqrt(margins)
+    lower = p1 - p2 - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    upper = p1 - p2 + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    return (max(-1.0, lower), min(1.0, upper))
+
+
 def picking(eps: list[dict]) -> dict | None:
     """How often the first object lifted was the target / another one, and the choice accuracy among episodes
     that lifted anything (chance: 1 / (look-alikes + 1)): the spatial choice measured apart from the place that

@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from sim.report import bar_chart, mcnemar, write_json
+from sim.report import bar_chart, mcnemar, paired_difference_ci, write_json
 from vst.pipeline_report import STAGES, write_backbone_report
 
 log = logging.getLogger(__name__)
@@ -396,6 +396,7 @@ def _paired(vst: list[bool], base: list[bool]) -> dict:
         "vst": sum(vst) / len(vst),
         "baseline": sum(base) / len(base),
         "vst_minus_baseline": (sum(vst) - sum(base)) / len(vst),
+        "vst_minus_baseline_ci95": list(paired_difference_ci(vst, base)),
         "mcnemar": mcnemar(vst, base),
     }
 
@@ -466,7 +467,12 @@ def write_report(out: Path, labels: list[str], done: dict, seeds: int = 1) -> di
         path = out / "bench" / name / "results.json"
         bench[name] = json.loads(path.read_text()) if path.exists() else None
     report = {
-        "paired": {"episodes": len(pairs), "vst_minus_baseline": diff, "mcnemar_vst_vs_baseline": paired},
+        "paired": {
+            "episodes": len(pairs),
+            "vst_minus_baseline": diff,
+            "vst_minus_baseline_ci95": pooled["success"]["vst_minus_baseline_ci95"],
+            "mcnemar_vst_vs_baseline": paired,
+        },
         "picked_target_paired": picked,
         "picked_lookalike_paired": lookalike,
         "per_task": per_task,
@@ -555,6 +561,11 @@ def _seed_lines(report: dict) -> list[str]:
     return lines
 
 
+def _diff_ci(ci: list[float] | None) -> str:
+    """' [95% CI lo, hi]' in points (Newcombe's paired interval); nothing for reports written before it existed."""
+    return "" if ci is None else f" [95% CI {100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
 def _markdown(report: dict, summaries: dict) -> str:
     p = report["paired"]
     m = p["mcnemar_vst_vs_baseline"]
@@ -562,7 +573,8 @@ def _markdown(report: dict, summaries: dict) -> str:
         "# vla-compare: VST-VLA vs baseline-VLA",
         "",
         f"Paired over {p['episodes']} episodes (same tasks, same initial states): VST minus baseline = "
-        f"**{100 * p['vst_minus_baseline']:+.1f} points**; McNemar exact p = {m['p_value']:.3g} "
+        f"**{100 * p['vst_minus_baseline']:+.1f} points**{_diff_ci(p.get('vst_minus_baseline_ci95'))}; "
+        f"McNemar exact p = {m['p_value']:.3g} "
         f"(VST-only successes {m['a_only']}, baseline-only {m['b_only']}).",
     ]
     pk = report.get("picked_target_paired")
@@ -604,9 +616,16 @@ def _markdown(report: dict, summaries: dict) -> str:
         lines.append(
             f"| {label} | {_pct(o['success_rate'])} | {_pct(o['ci95'][0])}-{_pct(o['ci95'][1])} | {o['episodes']} |"
         )
-    lines += ["", "| task | baseline-VLA | VST-VLA | McNemar p |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| task | baseline-VLA | VST-VLA | VST - baseline (95% CI) | McNemar p |",
+        "|---|---|---|---|---|",
+    ]
     for task, t in report["per_task"].items():
-        lines.append(f"| {task} | {_pct(t['baseline'])} | {_pct(t['vst'])} | {t['mcnemar']['p_value']:.3g} |")
+        lines.append(
+            f"| {task} | {_pct(t['baseline'])} | {_pct(t['vst'])} | {100 * t['vst_minus_baseline']:+.1f}"
+            f"{_diff_ci(t.get('vst_minus_baseline_ci95'))} | {t['mcnemar']['p_value']:.3g} |"
+        )
     lines += [
         "",
         "Backbones on the held-out benchmark (vst-bench, mean over skills, %); vst = after RL; *_think = asked to "
@@ -644,11 +663,11 @@ def main(cfg: DictConfig) -> None:
     report = run_chain(cfg)
     if report:
         p = report["paired"]
+        lo, hi = p["vst_minus_baseline_ci95"]
         log.info(
-            "VST - baseline = %+.1f points (McNemar p = %.3g)",
-            100 * p["vst_minus_baseline"],
-            p["mcnemar_vst_vs_baseline"]["p_value"],
-        )
+            "VST - baseline = %+.1f points (95%% CI %+.1f, %+.1f; McNemar p = %.3g)",
+            100 * p["vst_minus_baseline"], 100 * lo, 100 * hi, p["mcnemar_vst_vs_baseline"]["p_value"],
+        )  # fmt: skip
     print(f"vla-compare: wrote {Path(cfg.output_dir).resolve()}")
 
 

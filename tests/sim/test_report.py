@@ -1,6 +1,6 @@
 import pytest
 
-from sim.report import markdown_table, mcnemar, summarize, wilson
+from sim.report import markdown_table, mcnemar, paired_difference_ci, summarize, wilson
 
 
 def test_wilson_known_values():
@@ -27,6 +27,34 @@ def test_mcnemar_exact():
     assert mcnemar([True], [True])["p_value"] == 1.0
     with pytest.raises(ValueError):
         mcnemar([True], [True, False])
+
+
+def test_paired_difference_interval_covers_the_true_difference():
+    import random
+
+    # joint outcomes like the VLA comparison's: VST alone succeeds 15%, baseline alone 3%, both 5%
+    rng, n, truth, hits = random.Random(0), 100, 0.15 - 0.03, 0
+    for _ in range(1000):
+        u = [rng.random() for _ in range(n)]
+        a = [x < 0.05 + 0.15 for x in u]  # both or a only
+        b = [x < 0.05 or 0.20 <= x < 0.23 for x in u]  # both or b only
+        lo, hi = paired_difference_ci(a, b)
+        assert -1.0 <= lo <= (sum(a) - sum(b)) / n <= hi <= 1.0
+        hits += lo <= truth <= hi
+    assert 0.93 <= hits / 1000 <= 0.99  # a 95% interval (Newcombe's errs slightly wide)
+
+
+def test_paired_difference_interval_properties():
+    a = [True] * 16 + [False] * 84
+    b = [True] * 4 + [False] * 96
+    lo, hi = paired_difference_ci(a, b)
+    assert 0.0 < lo < 0.12 < hi < 0.25  # 16 vs 4 of 100 with every b success shared: clearly positive
+    assert paired_difference_ci(b, a) == pytest.approx((-hi, -lo))  # swapping the policies negates it
+    lo, hi = paired_difference_ci([True, False] * 10, [True, False] * 10)
+    assert lo <= 0.0 <= hi and hi - lo < 0.3  # identical outcomes: centred on 0
+    assert paired_difference_ci([True] * 5, [False] * 5)[1] == 1.0  # clipped at the range's end
+    with pytest.raises(ValueError, match="equal length"):
+        paired_difference_ci([True], [True, False])
 
 
 def test_summarize():

@@ -42,8 +42,11 @@ def test_report_pairs_episodes_and_tests_the_difference(tmp_path):
     assert r["paired"]["vst_minus_baseline"] == pytest.approx(8 / 12)
     m = r["paired"]["mcnemar_vst_vs_baseline"]
     assert (m["a_only"], m["b_only"]) == (8, 0) and m["p_value"] == pytest.approx(2 / 2**8)
+    lo, hi = r["paired"]["vst_minus_baseline_ci95"]
+    assert 0.0 < lo < 8 / 12 < hi <= 1.0  # 8 VST-only successes of 12 pairs: clearly above 0
+    assert r["per_task"]["a"]["vst_minus_baseline_ci95"] == [lo, hi]
     md = (tmp_path / "report.md").read_text()
-    assert "+66.7 points" in md and "vst-data n=1" in md
+    assert f"+66.7 points** [95% CI {100 * lo:+.1f}, {100 * hi:+.1f}]" in md and "vst-data n=1" in md
     assert (tmp_path / "success.png").exists()
     assert r["picked_target_paired"] is None and r["picked_lookalike_paired"] is None  # episodes without them
 
