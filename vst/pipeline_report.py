@@ -23,15 +23,13 @@ def _mean(xs: list[float]) -> float | None:
 def _scores(out: Path, stage: str) -> dict[str, tuple[str, float]]:
     """Per benchmark question: (skill, score). Read-only: a torn last line of an interrupted bench is skipped."""
     path = out / "bench" / stage / "predictions.jsonl"
-    scores = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-                scores[r["id"]] = (r["skill"], float(r["score"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-    return scores
+    if not path.exists():
+        return {}
+    lines = path.read_text().split("\n")[:-1]  # the part after the last newline is empty or a torn write
+    try:
+        return {r["id"]: (r["skill"], float(r["score"])) for r in map(json.loads, filter(None, lines))}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a vst-bench predictions file ({e!r})") from None
 
 
 def paired_interval(

@@ -167,3 +167,6 @@ def test_no_interval_without_per_question_scores_of_both_stages(tmp_path):
     with (tmp_path / "bench" / "baseline" / "predictions.jsonl").open("a") as f:
         f.write('{"id": "distance-1", "sk')
     assert paired_interval(tmp_path, "sft", "baseline", ["distance"]) == pytest.approx([20.0, 20.0])
+    (tmp_path / "bench" / "baseline" / "predictions.jsonl").write_text('{"id": "distance-0"}\n')
+    with pytest.raises(ValueError, match="not a vst-bench predictions file"):
+        paired_interval(tmp_path, "sft", "baseline", ["distance"])
