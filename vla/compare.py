@@ -136,6 +136,8 @@ def _act_commands(cfg, demos: Path, out: Path) -> tuple[list[str], list[str] | N
         f"--dataset.root={demos}",
         f"--steps={cfg.act.steps}",
         f"--batch_size={cfg.act.batch_size}",
+        # the VLAs' bf16 autocast (vla.amp) for ACT too: 1.46x faster on this CPU (0.57 -> 0.39 s per step)
+        *(["--policy.use_amp=true"] if cfg.vla.get("amp") is True else []),
         f"--seed={cfg.seed + 1000}",
         "--num_workers=0",
         f"--save_freq={cfg.act.steps}",

@@ -273,6 +273,13 @@ def test_vla_seeds_plan_paired_trainings_per_backbone(tmp_path, caplog):
         run_chain(amp)
     steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
     assert all(" amp=true " in steps[f"step vla_{name}"] for name in ("vst", "baseline"))
+    assert "--policy.use_amp=true" in steps["step act"]  # the reference trains in the same precision
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        plain = compose("vla_compare", [f"output_dir={tmp_path}", "dry_run=true"])
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(plain)
+    assert any(r.message.startswith("step act:") and "use_amp" not in r.message for r in caplog.records)
 
 
 def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
