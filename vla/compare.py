@@ -210,6 +210,7 @@ def run_chain(cfg: DictConfig) -> dict:
             f"seed={cfg.seed + 1}",
             f"workers={d.workers}",
             "row_mix={perception: 0, cot: 1, rl: 0, general: 0}",
+            *d.get("cot_overrides", []),
             f"output_dir={data / 'cot'}",
         ),
     )
@@ -221,6 +222,7 @@ def run_chain(cfg: DictConfig) -> dict:
             f"seed={cfg.seed + 2}",
             f"workers={d.workers}",
             "row_mix={perception: 0, cot: 0, rl: 1, general: 0}",
+            *d.get("rl_overrides", []),
             f"output_dir={data / 'rl'}",
         ),
     )

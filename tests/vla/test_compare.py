@@ -301,6 +301,7 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
     steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
     assert "replay.fraction=0.3" in steps["step train_cot"]
     assert "'family_mix={single_image: 0.27, multi_image: 0.27, video: 0.46}'" in steps["step data_train"]
+    assert "skills=cot" in steps["step data_rl"] and "family_mix" in steps["step data_rl"]
     assert "train.max_steps=2000" in steps["step train_sft"]
     assert (
         "think=true" in steps["step bench_vst_think"]

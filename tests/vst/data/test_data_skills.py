@@ -205,6 +205,13 @@ def test_unknown_skill_lists_valid_names():
     assert resolve_skills(["camera_motion", "det3d"]) == ["det3d", "camera_motion"]
 
 
+def test_cot_names_exactly_the_skills_with_reasoning_traces():
+    cot = resolve_skills("cot")
+    assert cot == [name for name, skill in SKILLS.items() if skill.cot] == resolve_skills(["cot"])
+    assert "depth_compare" in cot and "video_route" in cot and "det3d" not in cot and "caption" not in cot
+    assert DataConfig(skills="cot").skill_names == cot
+
+
 def test_fov_unification_gives_one_focal_length():
     cfg = DataConfig(skills="det3d", fov_unify=True, base_focal=150.0)
     for i in range(6):

@@ -10,15 +10,20 @@ SKILLS: dict[str, Skill] = {s.name: s for s in [*_SINGLE, *_MULTI, *_VIDEO, *_GE
 
 
 def resolve_skills(spec) -> list[str]:
-    """`"all"`, a comma-separated string or a list of names -> validated skill names in registry order."""
+    """`"all"`, `"cot"`, a comma-separated string or a list of names -> validated skill names in registry order.
+
+    `"cot"` names the skills that have reasoning traces (CoT rows): GRPO's format reward can only build on a
+    `<think>` habit the cold start taught, so the full preset's RL rows come from these."""
     if spec is None or spec == "all" or spec == ["all"]:
         return list(SKILLS)
+    if spec == "cot" or spec == ["cot"]:
+        return [name for name, skill in SKILLS.items() if skill.cot]
     wanted = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     wanted = [s for s in wanted if s]
     unknown = [s for s in wanted if s not in SKILLS]
     if unknown or not wanted:
         raise ValueError(
-            f"unknown skill name(s) {unknown or wanted}; valid skills: {', '.join(SKILLS)} (or 'all')"
+            f"unknown skill name(s) {unknown or wanted}; valid skills: {', '.join(SKILLS)} (or 'all', 'cot')"
         )
     return [s for s in SKILLS if s in wanted]
 
