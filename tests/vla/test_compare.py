@@ -301,7 +301,9 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
     steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
     assert "replay.fraction=0.3" in steps["step train_cot"]
     assert "'family_mix={single_image: 0.27, multi_image: 0.27, video: 0.46}'" in steps["step data_train"]
-    assert "skills=cot" in steps["step data_rl"] and "family_mix" in steps["step data_rl"]
+    assert (
+        "skills=" not in steps["step data_rl"] and "family_mix" not in steps["step data_rl"]
+    )  # the paper's draw
     assert "train.max_steps=2000" in steps["step train_sft"]
     assert (
         "think=true" in steps["step bench_vst_think"]
@@ -316,6 +318,20 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
         " temporal_ensemble=0.01 n_action_steps=2 " in steps[f"step eval_{p}-VLA"]
         for p in ("vst", "baseline")
     )
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        traced = compose(
+            "vla_compare",
+            ["preset=full", f"output_dir={tmp_path}", "dry_run=true",
+             'data.rl_overrides=["family_mix={single_image: 0.27, multi_image: 0.27, video: 0.46}","skills=cot"]'],
+        )  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vla.compare"):
+        run_chain(traced)
+    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
+    assert (
+        " skills=cot " in steps["step data_rl"] and "'family_mix={single_image: 0.27" in steps["step data_rl"]
+    )
+    assert "skills=" not in steps["step data_cot"]
     with initialize_config_dir(config_dir=configs, version_base="1.3"):
         longer = compose(
             "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.max_steps=400"]
