@@ -282,99 +282,70 @@ def test_vla_seeds_plan_paired_trainings_per_backbone(tmp_path, caplog):
     assert any(r.message.startswith("step act:") and "use_amp" not in r.message for r in caplog.records)
 
 
-def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
-    """The full preset composes and plans every step with the project's own commands (dry run: nothing runs)."""
+def _full_preset(tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
-
-    from vla.compare import run_chain
 
     configs = str(Path(__file__).parents[2] / "configs")
     with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        cfg = compose("vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true"])
+        return compose("vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", *overrides])
+
+
+def _planned_steps(cfg, caplog) -> dict[str, str]:
+    """Step name -> the command line the dry run logged for it."""
+    from vla.compare import run_chain
+
+    caplog.clear()
     with caplog.at_level("INFO", logger="vla.compare"):
         run_chain(cfg)
-    planned = {
-        r.message.split(":")[0].removeprefix("step ") for r in caplog.records if r.message.startswith("step ")
+    return {
+        r.message.split(":")[0].removeprefix("step "): r.message
+        for r in caplog.records
+        if r.message.startswith("step ")
     }
-    assert {"train_rl", "bench_vst", "demos", "vla_baseline", "vla_vst", "eval_vst-VLA"} <= planned
-    assert "act" not in planned  # off on a CPU budget
-    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
-    assert "replay.fraction=0.3" in steps["step train_cot"]
-    assert "'family_mix={single_image: 0.27, multi_image: 0.27, video: 0.46}'" in steps["step data_train"]
-    assert (
-        "skills=" not in steps["step data_rl"] and "family_mix" not in steps["step data_rl"]
-    )  # the paper's draw
-    assert "train.max_steps=2000" in steps["step train_sft"]
-    assert (
-        "think=true" in steps["step bench_vst_think"]
-        and "backbones/rl/model" in steps["step bench_vst_think"]
-    )
-    assert "think=true" not in steps["step bench_vst"]
-    assert "episodes=50" in steps["step eval_vst-VLA"] and "steps=10000" in steps["step vla_vst"]
-    assert "max_new_tokens=768" in steps["step bench_sft"]  # room for the longest 3D-box answer
-    assert all("train.bf16=true" in steps[f"step train_{s}"] for s in ("pretrain", "sft", "cot"))
-    assert "bf16" not in steps["step train_rl"] and " amp=true " in steps["step vla_vst"]
+
+
+def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
+    """The full preset composes and plans every step with the project's own commands (dry run: nothing runs)."""
+    from vla.compare import run_chain
+
+    steps = _planned_steps(_full_preset(tmp_path), caplog)
+    assert {"train_rl", "bench_vst", "demos", "vla_baseline", "vla_vst", "eval_vst-VLA"} <= set(steps)
+    assert "act" not in steps  # off on a CPU budget
+    assert "replay.fraction=0.3" in steps["train_cot"]
+    assert "'family_mix={single_image: 0.27, multi_image: 0.27, video: 0.46}'" in steps["data_train"]
+    assert "skills=" not in steps["data_rl"] and "family_mix" not in steps["data_rl"]  # the paper's draw
+    assert "train.max_steps=2000" in steps["train_sft"]
+    assert "think=true" in steps["bench_vst_think"] and "backbones/rl/model" in steps["bench_vst_think"]
+    assert "think=true" not in steps["bench_vst"]
+    assert "episodes=50" in steps["eval_vst-VLA"] and "steps=10000" in steps["vla_vst"]
+    assert "max_new_tokens=768" in steps["bench_sft"]  # room for the longest 3D-box answer
+    assert all("train.bf16=true" in steps[f"train_{s}"] for s in ("pretrain", "sft", "cot"))
+    assert "bf16" not in steps["train_rl"] and " amp=true " in steps["vla_vst"]
     assert all(
-        " temporal_ensemble=0.01 n_action_steps=2 " in steps[f"step eval_{p}-VLA"]
-        for p in ("vst", "baseline")
+        " temporal_ensemble=0.01 n_action_steps=2 " in steps[f"eval_{p}-VLA"] for p in ("vst", "baseline")
     )
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        traced = compose(
-            "vla_compare",
-            ["preset=full", f"output_dir={tmp_path}", "dry_run=true",
-             'data.rl_overrides=["family_mix={single_image: 0.27, multi_image: 0.27, video: 0.46}","skills=cot"]'],
-        )  # fmt: skip
-    caplog.clear()
-    with caplog.at_level("INFO", logger="vla.compare"):
-        run_chain(traced)
-    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
-    assert (
-        " skills=cot " in steps["step data_rl"] and "'family_mix={single_image: 0.27" in steps["step data_rl"]
+
+    traced = (
+        'data.rl_overrides=["family_mix={single_image: 0.27, multi_image: 0.27, video: 0.46}","skills=cot"]'
     )
-    assert "skills=" not in steps["step data_cot"]
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        longer = compose(
-            "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.max_steps=400"]
-        )
-    caplog.clear()
-    with caplog.at_level("INFO", logger="vla.compare"):
-        run_chain(longer)
-    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
-    assert (
-        "max_steps=400" in steps["step eval_vst-VLA"] and "max_steps=400" in steps["step eval_baseline-VLA"]
-    )
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        bad = compose(
-            "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.max_steps=0"]
-        )
+    steps = _planned_steps(_full_preset(tmp_path, traced), caplog)
+    assert " skills=cot " in steps["data_rl"] and "'family_mix={single_image: 0.27" in steps["data_rl"]
+    assert "skills=" not in steps["data_cot"]
+
+    steps = _planned_steps(_full_preset(tmp_path, "eval.max_steps=400"), caplog)
+    assert "max_steps=400" in steps["eval_vst-VLA"] and "max_steps=400" in steps["eval_baseline-VLA"]
     with pytest.raises(ValueError, match="eval.max_steps"):
-        run_chain(bad)
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        queue = compose(
-            "vla_compare",
-            ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.temporal_ensemble=null",
-             "eval.n_action_steps=null"],
-        )  # fmt: skip
-        bad_stride = compose(
-            "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.n_action_steps=0"]
-        )
-        act_strided = compose(
-            "vla_compare", ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "act.enabled=true"]
-        )
-    caplog.clear()
-    with caplog.at_level("INFO", logger="vla.compare"):
-        run_chain(queue)
-    steps = {r.message.split(":")[0]: r.message for r in caplog.records if r.message.startswith("step ")}
-    assert not any(k in steps["step eval_vst-VLA"] for k in ("temporal_ensemble", "n_action_steps"))
+        run_chain(_full_preset(tmp_path, "eval.max_steps=0"))
+
+    steps = _planned_steps(
+        _full_preset(tmp_path, "eval.temporal_ensemble=null", "eval.n_action_steps=null"), caplog
+    )
+    assert not any(k in steps["eval_vst-VLA"] for k in ("temporal_ensemble", "n_action_steps"))
     with pytest.raises(ValueError, match="eval.n_action_steps"):
-        run_chain(bad_stride)
+        run_chain(_full_preset(tmp_path, "eval.n_action_steps=0"))
     with pytest.raises(ValueError, match="ACT's ensembling predicts at every step"):
-        run_chain(act_strided)
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        bad = compose(
-            "vla_compare",
-            ["preset=full", f"output_dir={tmp_path}", "dry_run=true", "eval.temporal_ensemble=-1"],
-        )
+        run_chain(_full_preset(tmp_path, "act.enabled=true"))
+    bad = _full_preset(tmp_path, "eval.temporal_ensemble=-1")
     with pytest.raises(ValueError, match="eval.temporal_ensemble"):
         run_chain(bad)
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
