@@ -13,7 +13,7 @@ def resolve_skills(spec) -> list[str]:
     """`"all"`, `"cot"`, a comma-separated string or a list of names -> validated skill names in registry order.
 
     `"cot"` names the skills that have reasoning traces (CoT rows): GRPO's format reward can only build on a
-    `<think>` habit the cold start taught, so the full preset's RL rows come from these."""
+    `<think>` habit the cold start taught, and RL rows drawn from these meet the RL target (README, "The RL rows")."""
     if spec is None or spec == "all" or spec == ["all"]:
         return list(SKILLS)
     if spec == "cot" or spec == ["cot"]:
