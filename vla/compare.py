@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from sim.report import bar_chart, mcnemar, paired_difference_ci, write_json
 from vst.pipeline_report import STAGES, write_backbone_report
@@ -176,6 +176,12 @@ def run_chain(cfg: DictConfig) -> dict:
             f"eval.n_action_steps={every} with eval.temporal_ensemble: ACT's ensembling predicts at every step and "
             "every policy is evaluated alike; set eval.n_action_steps=1 (or act.enabled=false)"
         )
+    for key in ("train_overrides", "cot_overrides", "rl_overrides"):
+        extra = cfg.data.get(key, [])
+        if not isinstance(extra, ListConfig | list) or not all(isinstance(x, str) for x in extra):
+            raise ValueError(
+                f"data.{key}={extra!r}: a list of vst-data overrides, e.g. 'data.{key}=[\"skills=cot\"]'"
+            )
     n_seeds = int(cfg.vla.seeds)
     if n_seeds < 1:
         raise ValueError(f"vla.seeds must be >= 1 (VLA trainings per backbone), got {cfg.vla.seeds}")

@@ -331,6 +331,10 @@ def test_full_preset_plans_the_measured_chain(tmp_path, caplog):
     steps = _planned_steps(_full_preset(tmp_path, traced), caplog)
     assert " skills=cot " in steps["data_rl"] and "'family_mix={single_image: 0.27" in steps["data_rl"]
     assert "skills=" not in steps["data_cot"]
+    steps = _planned_steps(_full_preset(tmp_path, 'data.cot_overrides=["skills=cot"]'), caplog)
+    assert " skills=cot " in steps["data_cot"] and "skills=" not in steps["data_rl"]
+    with pytest.raises(ValueError, match="data.rl_overrides='skills=cot': a list of vst-data overrides"):
+        run_chain(_full_preset(tmp_path, 'data.rl_overrides="skills=cot"'))
 
     steps = _planned_steps(_full_preset(tmp_path, "eval.max_steps=400"), caplog)
     assert "max_steps=400" in steps["eval_vst-VLA"] and "max_steps=400" in steps["eval_baseline-VLA"]
